@@ -1,0 +1,1 @@
+"""LeNet-5 ablation suite: the paper network, its modern counterparts, Hydra configs and MLflow tracking."""

@@ -1,0 +1,241 @@
+"""The config schema: every ablation factor is a typed, validated choice.
+
+Hydra composes `conf/` on top of these dataclasses (registered in the ConfigStore as
+`schema`), so an unknown choice (`model.pool=maxx`) or a wrong type
+(`trainer.max_epochs=abc`) is rejected while the config is composed, before any code
+runs. Combinations that are each valid alone but meaningless together
+(`loss=map` with `model.head=softmax`) are rejected by `check_compatible`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+#: The repository root (src/lenet5/config.py -> ../../). The default MLflow store lives here
+#: so that every run of every job, wherever Hydra puts its outputs, lands in one store.
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_DIR / "conf"
+
+
+class ConfigError(ValueError):
+    """A config that composes but cannot be trained; the message is one line for the user."""
+
+
+class Pool(str, enum.Enum):
+    subsample = "subsample"  # paper: 2x2 sum x trainable coefficient + trainable bias
+    max = "max"
+    avg = "avg"
+
+
+class Activation(str, enum.Enum):
+    scaled_tanh = "scaled_tanh"  # paper: 1.7159 tanh(2a/3)
+    tanh = "tanh"
+    sigmoid = "sigmoid"
+    relu = "relu"
+    none = "none"
+
+
+class ActivationAt(str, enum.Enum):
+    """Where the squashing function sits around each pooling layer."""
+
+    both = "both"  # paper: after every convolution and after every subsampling
+    before_pool = "before_pool"  # conv -> f -> pool (modern code, the TF tutorial)
+    after_pool = "after_pool"  # conv -> pool -> f (the TF tutorial's open question)
+
+
+class C3(str, enum.Enum):
+    table = "table"  # paper Table I: each C3 map sees 3, 4 or 6 S2 maps
+    full = "full"
+
+
+class Head(str, enum.Enum):
+    rbf = "rbf"  # fixed 7x12 bitmaps, Euclidean distance
+    softmax = "softmax"  # linear F6 -> 10 logits
+
+
+class Init(str, enum.Enum):
+    lecun = "lecun"  # paper: U(-2.4/F, 2.4/F)
+    lecun_sqrt = "lecun_sqrt"  # LeCun and Bottou's Lush code: U(-1/sqrt(F), 1/sqrt(F))
+    default = "default"  # PyTorch's own
+    truncated_normal = "truncated_normal"  # TF tutorial: N(0, 1) truncated at 2 std, biases too
+
+
+class Preprocess(str, enum.Enum):
+    paper = "paper"  # pad to 32x32, background -0.1, foreground 1.175
+    unit = "unit"  # the tutorials': 28x28, pixels in [0, 1]
+
+
+class LossName(str, enum.Enum):
+    map = "map"  # paper eq. 9
+    mle = "mle"  # paper eq. 8
+    cross_entropy = "cross_entropy"
+
+
+class Reduction(str, enum.Enum):
+    mean = "mean"
+    sum = "sum"  # both tutorials sum the loss over the batch
+
+
+class OptimName(str, enum.Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class Schedule(str, enum.Enum):
+    constant = "constant"
+    cosine = "cosine"
+    step = "step"
+
+
+@dataclass
+class ModelConfig:
+    pool: Pool = Pool.subsample
+    activation: Activation = Activation.scaled_tanh
+    activation_at: ActivationAt = ActivationAt.both
+    c3: C3 = C3.table
+    head: Head = Head.rbf
+    init: Init = Init.lecun
+    # Geometry knobs that make the tutorial systems presets of the same builder.
+    c1_kernel: int = 5
+    c1_padding: int = 0
+    c3_padding: int = 0
+    c5_padding: int = 0
+    f6_width: int = 84
+
+
+@dataclass
+class DataConfig:
+    #: Folder holding MNIST/raw/ (torchvision's layout); `$MNIST_ROOT` when set, else ./data.
+    root: str = "${oc.env:MNIST_ROOT,${project_dir:}/data}"
+    #: Fetch MNIST when files are missing (never happens when they are present and verified).
+    download: bool = True
+    preprocess: Preprocess = Preprocess.paper
+    #: Train on the first N training images (0 = all 60,000 minus the validation split).
+    train_subset: int = 0
+    #: Hold out the last N training images for validation (0 = the paper's protocol).
+    val_size: int = 0
+    #: Evaluate on the first N test images (0 = all 10,000). Tests use it to stay fast.
+    test_subset: int = 0
+    batch_size: int = 32
+    eval_batch_size: int = 2000
+
+
+@dataclass
+class LossConfig:
+    name: LossName = MISSING
+    #: The MAP criterion's constant j: e^(-j) is the 'rubbish class' term of eq. 9.
+    j: float = 0.1
+    reduction: Reduction = Reduction.mean
+
+
+@dataclass
+class OptimConfig:
+    name: OptimName = MISSING
+    lr: float = MISSING
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: Schedule = Schedule.constant
+    #: `step` schedule: multiply the rate by `gamma` every `step_epochs` epochs.
+    step_epochs: int = 5
+    gamma: float = 0.5
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    accelerator: str = "auto"
+    devices: str = "auto"
+    #: `true` shows Lightning's progress bar; leave it on for interactive runs.
+    progress_bar: bool = True
+    #: Use deterministic kernels (same config + seed -> same metrics to the last digit).
+    deterministic: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    #: Any MLflow tracking URI: the local SQLite store by default, or http://host:5000.
+    uri: str = "sqlite:///${project_dir:}/mlflow.db"
+    #: Where a new experiment in a local store keeps its artifacts (ignored for a server).
+    artifact_root: str = "${project_dir:}/mlartifacts"
+    experiment: str = "lenet5"
+    #: Number of misclassified test digits drawn in the artifact grid.
+    misclassified_shown: int = 64
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    #: Name of the `experiment=` preset this run started from (set by each preset).
+    experiment: str = "custom"
+
+
+#: The factors an ablation varies; each becomes an `ablation.<factor>` tag on the run.
+ABLATION_FACTORS: dict[str, str] = {
+    "pool": "model.pool",
+    "activation": "model.activation",
+    "activation_at": "model.activation_at",
+    "c3": "model.c3",
+    "head": "model.head",
+    "init": "model.init",
+    "loss": "loss.name",
+    "optim": "optim.name",
+    "preprocess": "data.preprocess",
+}
+
+
+def _register() -> None:
+    if not OmegaConf.has_resolver("project_dir"):
+        OmegaConf.register_new_resolver("project_dir", lambda: str(PROJECT_DIR))
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    cs.store(group="loss", name="schema", node=LossConfig)
+    cs.store(group="optim", name="schema", node=OptimConfig)
+
+
+_register()
+
+
+def select(cfg: Any, dotted_key: str) -> Any:
+    """Value at `dotted_key` as a plain string for enums (what users type on the command line)."""
+    value = OmegaConf.select(cfg, dotted_key)
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def check_compatible(cfg: Any) -> None:
+    """Reject combinations that compose but cannot train, with one line naming the fix.
+
+    Runs before anything is created in the MLflow store or any data is read.
+    """
+    head, loss = select(cfg, "model.head"), select(cfg, "loss.name")
+    if loss in ("map", "mle") and head != "rbf":
+        raise ConfigError(
+            f"loss={loss} is defined on RBF distances but model.head={head}; "
+            f"use model.head=rbf, or loss=cross_entropy with model.head={head}"
+        )
+    positive = {
+        "trainer.max_epochs": cfg.trainer.max_epochs,
+        "data.batch_size": cfg.data.batch_size,
+        "data.eval_batch_size": cfg.data.eval_batch_size,
+        "model.c1_kernel": cfg.model.c1_kernel,
+        "model.f6_width": cfg.model.f6_width,
+        "optim.lr": cfg.optim.lr,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}={value} must be positive")
+    for key in ("data.train_subset", "data.val_size", "data.test_subset", "loss.j"):
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")

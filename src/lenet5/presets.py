@@ -1,0 +1,27 @@
+"""What each `experiment=` preset chooses, read by composing it with Hydra."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from .config import CONF_DIR, ABLATION_FACTORS, select
+
+
+def compose_config(overrides: list[str]):
+    """The config `python run.py <overrides>` would run, without running it."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@lru_cache(maxsize=None)
+def preset_factors(experiment: str) -> dict[str, str]:
+    """The ablation factors as preset `experiment` sets them ({} for a config of no preset)."""
+    if experiment == "custom":
+        return {}
+    cfg = compose_config([f"experiment={experiment}"])
+    return {factor: str(select(cfg, key)) for factor, key in ABLATION_FACTORS.items()}
