@@ -1,0 +1,1 @@
+"""Turns MLflow runs into results tables and plots."""

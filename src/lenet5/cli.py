@@ -1,0 +1,104 @@
+"""`python run.py [overrides]`: the Hydra entry point.
+
+Before Hydra starts, every job the command line asks for (one, or each of a multirun's
+combinations) is composed and checked, so a bad choice, type or combination stops the
+command with one line on stderr and exit code 2, before anything trains or is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import CONF_DIR, ConfigError
+from .presets import compose_config
+
+#: Compose at most this many jobs up front; larger sweeps are checked job by job as they run.
+MAX_JOBS_CHECKED_UP_FRONT = 1024
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def explain(err: BaseException, overrides: list[str]) -> str:
+    """A Hydra/OmegaConf composition error as one line naming the value and the choices."""
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        group = (err.missing_cfg_file or "").rsplit("/", 1)[0]
+        given = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), err.missing_cfg_file)
+        choices = ", ".join(sorted(o for o in err.options if o != "schema"))
+        return f"{given} is not a choice; valid choices for {group}: {choices}"
+    head = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if head.startswith("Ambiguous value"):
+        return f"{head}: to sweep over it add -m (--multirun), to pass a list write key=[a,b]"
+    cause = err.__cause__
+    if cause is not None and str(cause):
+        return f"{head.removeprefix('Error merging override ')}: {str(cause).splitlines()[0]}"
+    return _one_line(head)
+
+
+def job_overrides(argv: list[str]) -> tuple[list[list[str]], bool]:
+    """The override lists of the jobs `argv` launches (hydra.* overrides left out) and whether it is a multirun."""
+    args = get_args_parser().parse_args(argv)
+    if args.cfg or args.info or args.help or args.hydra_help or args.shell_completion:
+        return [], False  # Hydra's own commands: nothing trains
+    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    parsed = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
+    if not args.multirun:
+        return [[o.input_line for o in parsed]], False
+    (jobs,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return jobs, True
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Compose and check each job `argv` would run; raise ConfigError (one line) on the first bad one."""
+    try:
+        jobs, _ = job_overrides(argv)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(explain(err, [])) from None
+    configs = []
+    for overrides in jobs[:MAX_JOBS_CHECKED_UP_FRONT]:
+        try:
+            configs.append(compose_config(overrides))
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(explain(err, overrides)) from None
+    from .train import prepare  # torch and Lightning: only once the command line parses
+
+    checked_data: set[tuple[str, bool]] = set()
+    for cfg in configs:
+        data_key = (str(cfg.data.root), bool(cfg.data.download))
+        prepare(cfg, check_data=data_key not in checked_data)
+        checked_data.add(data_key)
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
+    from .train import train  # heavy imports after Hydra has parsed the command line
+
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.propagate = False  # Lightning has its own handler; Hydra's would print each line twice
+    for handler in lightning_log.handlers:
+        handler.addFilter(_DropLitLoggerTip())
+    return train(cfg)["test_error"]
+
+
+def main() -> None:
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()

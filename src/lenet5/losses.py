@@ -1,0 +1,40 @@
+"""Training criteria: the paper's MLE (eq. 8) and MAP (eq. 9) on RBF distances, and cross-entropy.
+
+Each returns the per-sample loss (N,); the module reduces it by `loss.reduction`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def rbf_mle_loss(distances: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: y_D, the distance (N, 10) of each sample to its correct class's prototype -> (N,)."""
+    return distances.gather(1, target.unsqueeze(1)).squeeze(1)
+
+
+def rbf_map_loss(distances: torch.Tensor, target: torch.Tensor, j: float) -> torch.Tensor:
+    """Eq. 9: y_D + log(e^-j + sum_i e^-y_i) -> (N,).
+
+    The e^-j term acts as an extra 'rubbish' class at distance j: it stops the criterion
+    from pushing already large distances further up. As j grows it becomes softmax
+    cross-entropy on the logits -y_i.
+    """
+    rubbish = distances.new_full((distances.shape[0], 1), -j)
+    return rbf_mle_loss(distances, target) + torch.logsumexp(torch.cat([rubbish, -distances], 1), 1)
+
+
+def make_loss(name: str, head: str, j: float = 0.1) -> PerSampleLoss:
+    """The criterion `name` for a network whose head is `head` (`rbf` outputs distances)."""
+    if name == "map":
+        return lambda out, target: rbf_map_loss(out, target, j)
+    if name == "mle":
+        return rbf_mle_loss
+    if head == "rbf":
+        return lambda out, target: F.cross_entropy(-out, target, reduction="none")
+    return lambda out, target: F.cross_entropy(out, target, reduction="none")

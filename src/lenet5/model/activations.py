@@ -1,0 +1,33 @@
+"""Squashing functions: the paper's scaled tanh and its modern replacements."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Paper, Appendix A: f(a) = A tanh(S a) with A = 1.7159 and S = 2/3, chosen so that
+#: f(+-1) = +-1 and the second derivative of f peaks at +-1 (the RBF targets are +-1).
+SCALED_TANH_AMPLITUDE = 1.7159
+SCALED_TANH_SLOPE = 2.0 / 3.0
+
+
+def scaled_tanh(a: torch.Tensor) -> torch.Tensor:
+    """1.7159 * tanh(2a/3), elementwise; any shape."""
+    return SCALED_TANH_AMPLITUDE * torch.tanh(SCALED_TANH_SLOPE * a)
+
+
+class ScaledTanh(nn.Module):
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return scaled_tanh(a)
+
+
+def make_activation(name: str) -> nn.Module:
+    """`scaled_tanh`, `tanh`, `sigmoid`, `relu` or `none` (identity) as a module."""
+    factories = {
+        "scaled_tanh": ScaledTanh,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "relu": nn.ReLU,
+        "none": nn.Identity,
+    }
+    return factories[name]()

@@ -1,0 +1,103 @@
+"""LeNet-5, read top to bottom: C1 -> S2 -> C3 -> S4 -> C5 -> F6 -> OUTPUT.
+
+One builder for every variant: the paper's network, its modern counterpart and the two
+tutorial systems of the reference are all configurations of this class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, select
+from .activations import make_activation
+from .c3 import C3_CONNECTION_TABLE, TableConv2d
+from .init import initialize
+from .pooling import make_pool
+from .rbf import RBFOutput
+
+C1_MAPS, C3_MAPS, C5_UNITS, CLASSES = 6, 16, 120, 10
+C3_C5_KERNEL = 5
+
+
+class LeNet5(nn.Module):
+    """Input (N, 1, S, S) images (S = 32 for the paper, 28 for the tutorials) ->
+    (N, 10) RBF distances (smaller = more likely) or logits (larger = more likely).
+
+    `model_cfg` is the `model` node of the config (see `lenet5.config.ModelConfig`).
+    """
+
+    def __init__(self, model_cfg: Any, input_size: int = 32):
+        super().__init__()
+        choice = lambda key: select(model_cfg, key)  # noqa: E731  (enum or plain string -> str)
+        self.activation_at = choice("activation_at")
+        self.head_kind = choice("head")
+        self.input_size = input_size
+        self.f = make_activation(choice("activation"))
+
+        self.c1 = nn.Conv2d(1, C1_MAPS, model_cfg.c1_kernel, padding=model_cfg.c1_padding)
+        self.s2 = make_pool(choice("pool"), C1_MAPS)
+        if choice("c3") == "table":
+            self.c3 = TableConv2d(C1_MAPS, C3_CONNECTION_TABLE, C3_C5_KERNEL, padding=model_cfg.c3_padding)
+        else:
+            self.c3 = nn.Conv2d(C1_MAPS, C3_MAPS, C3_C5_KERNEL, padding=model_cfg.c3_padding)
+        self.s4 = make_pool(choice("pool"), C3_MAPS)
+        # C5 is a convolution: over the paper's 5x5 S4 maps it is fully connected (1x1 output),
+        # over a larger map (the TF tutorial's 7x7 with SAME padding) it is not.
+        self.c5 = nn.Conv2d(C3_MAPS, C5_UNITS, C3_C5_KERNEL, padding=model_cfg.c5_padding)
+        self.f6 = nn.Linear(C5_UNITS * self._c5_area(model_cfg), model_cfg.f6_width)
+        if self.head_kind == "rbf":
+            if model_cfg.f6_width != 84:
+                raise ConfigError(f"model.head=rbf needs model.f6_width=84 (7x12 bitmaps), got {model_cfg.f6_width}")
+            self.output = RBFOutput()
+        else:
+            self.output = nn.Linear(model_cfg.f6_width, CLASSES)
+        initialize(self, choice("init"))
+
+    def _c5_area(self, model_cfg: Any) -> int:
+        """Spatial area of C5's output, found by running the convolutional part on a blank image."""
+        with torch.no_grad():
+            x = torch.zeros(1, 1, self.input_size, self.input_size)
+            try:
+                x = self.c5(self._pool_stage(self._pool_stage(x, self.c1, self.s2), self.c3, self.s4))
+            except RuntimeError as err:
+                raise ConfigError(
+                    f"model geometry does not fit a {self.input_size}x{self.input_size} input "
+                    f"(model.c1_kernel={model_cfg.c1_kernel}, c1_padding={model_cfg.c1_padding}, "
+                    f"c3_padding={model_cfg.c3_padding}, c5_padding={model_cfg.c5_padding}): "
+                    f"{str(err).splitlines()[0]}; use data.preprocess=paper (32x32) or more padding"
+                ) from None
+        return x.shape[-1] * x.shape[-2]
+
+    def _pool_stage(self, x: torch.Tensor, conv: nn.Module, pool: nn.Module) -> torch.Tensor:
+        """conv -> pool with the squashing function where `model.activation_at` puts it.
+
+        The paper squashes both the convolution's and the subsampling's output (`both`).
+        """
+        x = conv(x)
+        if self.activation_at in ("both", "before_pool"):
+            x = self.f(x)
+        x = pool(x)
+        if self.activation_at in ("both", "after_pool"):
+            x = self.f(x)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) -> F6 states (N, f6_width)."""
+        x = self._pool_stage(x, self.c1, self.s2)  # C1, S2: (N, 6, 14, 14) for the paper
+        x = self._pool_stage(x, self.c3, self.s4)  # C3, S4: (N, 16, 5, 5)
+        x = self.f(self.c5(x)).flatten(1)  # C5: (N, 120)
+        return self.f(self.f6(x))  # F6: (N, 84)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(x))
+
+    def scores(self, out: torch.Tensor) -> torch.Tensor:
+        """Head output -> class scores, larger = more likely (negated distances for RBF)."""
+        return -out if self.head_kind == "rbf" else out
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        """Head output (N, 10) -> predicted class (N,): argmin distance (RBF) or argmax logit."""
+        return self.scores(out).argmax(1)

@@ -1,0 +1,44 @@
+"""Figures logged with every run: the confusion matrix and the misclassified test digits."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs write PNGs, they never open windows
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def confusion_matrix_figure(matrix: torch.Tensor, title: str = ""):
+    """`matrix` (10, 10): rows true class, columns predicted class, counts."""
+    counts = matrix.cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6, 5.4), dpi=110)
+    image = ax.imshow(np.log1p(counts), cmap="Blues")
+    for true in range(counts.shape[0]):
+        for pred in range(counts.shape[1]):
+            if counts[true, pred]:
+                dark = image.norm(np.log1p(counts[true, pred])) > 0.6
+                ax.text(pred, true, int(counts[true, pred]), ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")  # fmt: skip
+    ax.set_xticks(range(10)), ax.set_yticks(range(10))
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    ax.set_title(title or "test confusion matrix (log colour scale)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_figure(images: torch.Tensor, true: torch.Tensor, predicted: torch.Tensor, columns: int = 8):
+    """Grid of misclassified digits, (K, 1, S, S) images, each titled 'true -> predicted'."""
+    k = len(images)
+    rows = max(1, -(-k // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), dpi=110, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < k:
+            ax.imshow(images[i, 0].cpu().numpy(), cmap="gray_r")
+            ax.set_title(f"{int(true[i])} -> {int(predicted[i])}", fontsize=8, color="crimson")
+    if k == 0:
+        axes.flat[0].text(0.5, 0.5, "no test digit misclassified", ha="center", va="center")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,130 @@
+"""One training job: validate the config, train, evaluate, record everything in MLflow."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from .callbacks import EpochThroughput
+from .config import check_compatible
+from .data import MNISTDataModule
+from .model.counts import counts_table
+from .model.lenet5 import CLASSES
+from .module import LeNet5Module
+from .plots import confusion_matrix_figure, misclassified_figure
+from .presets import preset_factors
+from .tracking import TrackedRun, flatten_config, run_name, tracked_run
+
+
+def prepare(cfg: Any, check_data: bool = True) -> tuple[MNISTDataModule, LeNet5Module]:
+    """Everything that can reject a config (ConfigError), run before anything is recorded or trained."""
+    check_compatible(cfg)
+    datamodule = MNISTDataModule(cfg.data, seed=cfg.seed)
+    if check_data:
+        datamodule.check()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = LeNet5Module(cfg, datamodule.input_size, datamodule.eval_split_names)
+    return datamodule, module
+
+
+def make_trainer(cfg: Any, logger) -> L.Trainer:
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+    return L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        logger=logger,
+        callbacks=[EpochThroughput()],
+        # "warn": deterministic kernels wherever PyTorch has them (all of them on the CPU),
+        # a warning rather than a crash for the few GPU ops that have none.
+        deterministic="warn" if cfg.trainer.deterministic else False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        num_sanity_val_steps=0,
+    )
+
+
+@torch.no_grad()
+def evaluate_test_set(module: LeNet5Module, datamodule: MNISTDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions, labels) on the test split, each (N,)."""
+    module.eval()
+    predictions, labels = [], []
+    for images, batch_labels in datamodule.eval_batches("test"):
+        images = images.to(module.device)
+        predictions.append(module.model.predict(module.model(images)).cpu())
+        labels.append(batch_labels.cpu())
+    return torch.cat(predictions), torch.cat(labels)
+
+
+def log_test_artifacts(run: TrackedRun, cfg: Any, module: LeNet5Module, datamodule: MNISTDataModule) -> float:
+    """Confusion matrix and misclassified-digit grid; returns the final test error (%)."""
+    predictions, labels = evaluate_test_set(module, datamodule)
+    wrong = (predictions != labels).nonzero().squeeze(1)
+    test_error = 100.0 * len(wrong) / len(labels)
+    matrix = multiclass_confusion_matrix(predictions, labels, CLASSES)
+    for name, figure in (
+        ("confusion_matrix.png", confusion_matrix_figure(matrix, f"{run.name}: test error {test_error:.2f}%")),
+        (
+            "misclassified_test_digits.png",
+            misclassified_figure(
+                datamodule.splits["test"][0][wrong[: cfg.tracking.misclassified_shown].to(datamodule.splits["test"][0].device)],
+                labels[wrong[: cfg.tracking.misclassified_shown]],
+                predictions[wrong[: cfg.tracking.misclassified_shown]],
+            ),
+        ),
+    ):
+        run.log_figure(figure, name)
+        plt.close(figure)
+    return test_error
+
+
+def train(cfg: Any) -> dict[str, Any]:
+    """Train the variant `cfg` describes and record it as one MLflow run.
+
+    Returns {"run_id", "run_name", "test_error" (%), "tracking_uri", "experiment"}.
+    """
+    datamodule, module = prepare(cfg)
+    counts = counts_table(module.model)
+    name = run_name(cfg, preset_factors(str(cfg.experiment)))
+    print(f"{name}\n{counts.to_string(index=False)}")
+
+    with tracked_run(cfg, name) as run:
+        run.log_params(flatten_config(cfg))
+        run.log_text(_to_yaml(cfg), "config.yaml")
+        run.log_text(counts.to_csv(index=False), "model_layers.csv")
+        run.log_text(counts.to_markdown(index=False), "model_layers.md")
+        total = counts.iloc[-1]
+        run.log_metric("model_trainable_params", total.trainable_params)
+        run.log_metric("model_connections", total.connections)
+
+        trainer = make_trainer(cfg, run.lightning_logger())
+        trainer.fit(module, datamodule=datamodule)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        test_error = log_test_artifacts(run, cfg, module, datamodule)
+
+    print(
+        f"\n{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs "
+        f"(run {run.run_id} in experiment '{cfg.tracking.experiment}')\n"
+        f"browse all runs: mlflow ui --backend-store-uri {cfg.tracking.uri}"
+    )
+    return {
+        "run_id": run.run_id,
+        "run_name": name,
+        "test_error": test_error,
+        "tracking_uri": str(cfg.tracking.uri),
+        "experiment": str(cfg.tracking.experiment),
+    }
+
+
+def _to_yaml(cfg: Any) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg, resolve=True)
