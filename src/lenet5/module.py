@@ -31,7 +31,7 @@ class LeNet5Module(L.LightningModule):
         self.loss_fn = make_loss(select(cfg, "loss.name"), self.model.head_kind, cfg.loss.j)
         self.sum_loss = select(cfg, "loss.reduction") == "sum"
         self.eval_split_names = eval_split_names
-        self.train_loss = MeanMetric()
+        self.train_loss = MeanMetric(nan_strategy="disable")  # a NaN must surface, not be dropped
         self.train_accuracy = MulticlassAccuracy(CLASSES, average="micro")
         self.eval_accuracy = torch.nn.ModuleDict(
             {name: MulticlassAccuracy(CLASSES, average="micro") for name in eval_split_names}

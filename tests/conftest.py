@@ -1,0 +1,67 @@
+"""Shared fixtures: real MNIST (from $MNIST_ROOT or ../shared/data), real MLflow stores in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lenet5.config import PROJECT_DIR
+from lenet5.presets import compose_config
+
+SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
+
+
+def _mnist_root() -> Path:
+    root = os.environ.get("MNIST_ROOT") or (str(SHARED_DATA) if SHARED_DATA.is_dir() else "")
+    if not root or not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.exit("tests need MNIST: set MNIST_ROOT to a folder holding MNIST/raw/ (CI: ../shared/data)", 2)
+    return Path(root).resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mnist_root() -> Path:
+    """Absolute MNIST root, also exported so subprocesses and ${oc.env:MNIST_ROOT} see it."""
+    root = _mnist_root()
+    os.environ["MNIST_ROOT"] = str(root)
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    return root
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    """A fresh SQLite MLflow tracking URI in a temp dir (artifacts beside it)."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def small_overrides(store: str, experiment: str = "tests", subset: int = 2000) -> list[str]:
+    """Overrides that keep a run small: a real MNIST subset, 1 epoch, 1,000 test images."""
+    artifact_root = store.removeprefix("sqlite:///").rsplit("/", 1)[0] + "/mlartifacts"
+    return [
+        f"data.train_subset={subset}",
+        "data.test_subset=1000",
+        "trainer.max_epochs=1",
+        "trainer.progress_bar=false",
+        f"tracking.uri={store}",
+        f"tracking.artifact_root={artifact_root}",
+        f"tracking.experiment={experiment}",
+    ]
+
+
+def compose(*overrides: str):
+    return compose_config(list(overrides))
+
+
+def run_cli(*args: str, cwd: Path = PROJECT_DIR, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a real subprocess."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "run.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )

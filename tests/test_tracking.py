@@ -1,0 +1,77 @@
+"""What one run leaves in a real MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from lenet5.train import train
+
+from .conftest import compose, small_overrides
+
+FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", "optim", "preprocess")
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    overrides = [*small_overrides(store, experiment="tracking"), "trainer.max_epochs=2", "data.val_size=500"]
+    result = train(compose("model.pool=max", "model.activation=relu", "seed=1", *overrides))
+    client = mlflow.MlflowClient(store)
+    return result, client, client.get_run(result["run_id"])
+
+
+def test_run_is_named_by_its_variant_and_finished(tracked):
+    result, _, run = tracked
+    assert run.info.run_name == "paper pool=max act=relu seed=1" == result["run_name"]
+    assert run.info.status == "FINISHED"
+
+
+def test_params_are_the_flattened_config(tracked):
+    _, _, run = tracked
+    params = run.data.params
+    assert params["model.pool"] == "max" and params["model.activation"] == "relu"
+    assert params["optim.name"] == "sgd" and params["loss.name"] == "map" and params["seed"] == "1"
+    assert params["trainer.max_epochs"] == "2" and params["data.val_size"] == "500"
+
+
+def test_tags_name_every_ablation_factor(tracked):
+    _, _, run = tracked
+    tags = run.data.tags
+    assert {f"ablation.{f}" for f in FACTORS} | {"ablation.experiment"} <= set(tags)
+    assert tags["ablation.pool"] == "max" and tags["ablation.c3"] == "table" and tags["ablation.experiment"] == "paper"
+    assert len(tags["config_hash"]) == 12 and tags["config_hash"] != tags["variant_hash"]
+
+
+def test_metrics_per_epoch_with_epoch_as_step(tracked):
+    result, client, run = tracked
+    for key in ("train_loss", "train_error", "test_error", "val_error", "epoch_time_s", "train_images_per_s"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2], key
+    # Max-pooling drops S2's and S4's 12 + 32 parameters and their bias connections
+    # (6x14x14 + 16x5x5 units) from the paper's 60,000 / 340,908.
+    assert run.data.metrics["model_trainable_params"] == 60_000 - 44
+    assert run.data.metrics["model_connections"] == 340_908 - (6 * 14 * 14 + 16 * 5 * 5)
+    final = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_error")}[2]
+    assert final == pytest.approx(result["test_error"], abs=1e-4)
+    assert 0 <= run.data.metrics["test_error"] <= 100
+
+
+def test_artifacts(tracked, tmp_path):
+    _, client, run = tracked
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "model_layers.csv", "model_layers.md", "confusion_matrix.png", "misclassified_test_digits.png"} <= names
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert "pool: max" in open(config).read()
+    layers = open(client.download_artifacts(run.info.run_id, "model_layers.csv", str(tmp_path))).read()
+    assert "C3,TableConv2d,16x10x10,1516,151600" in layers
+    png = open(client.download_artifacts(run.info.run_id, "confusion_matrix.png", str(tmp_path)), "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nan_loss_ends_the_run_failed_with_its_reason(store):
+    with pytest.raises(FloatingPointError):
+        train(compose("experiment=modern", "optim.lr=1e30", *small_overrides(store)))
+    (run,) = mlflow.MlflowClient(store).search_runs([mlflow.MlflowClient(store).get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "loss became nan" in run.data.tags["failure_reason"]
