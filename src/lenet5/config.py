@@ -167,6 +167,8 @@ class TrackingConfig:
     experiment: str = "lenet5"
     #: Number of misclassified test digits drawn in the artifact grid.
     misclassified_shown: int = 64
+    #: In a multirun, skip a job whose identical config and seed already FINISHED in the experiment.
+    skip_finished: bool = True
 
 
 @dataclass
@@ -180,6 +182,8 @@ class Config:
     seed: int = 0
     #: Name of the `experiment=` preset this run started from (set by each preset).
     experiment: str = "custom"
+    #: Name of the `variant=` delta applied on top of the preset (`none`: the preset as is).
+    variant: str = "none"
 
 
 #: The factors an ablation varies; each becomes an `ablation.<factor>` tag on the run.

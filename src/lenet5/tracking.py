@@ -78,6 +78,7 @@ def run_name(cfg: Any, preset_factors: dict[str, str] | None = None) -> str:
 def run_tags(cfg: Any) -> dict[str, str]:
     tags = {f"ablation.{factor}": value for factor, value in factor_values(cfg).items()}
     tags["ablation.experiment"] = str(cfg.experiment)
+    tags["ablation.variant"] = str(cfg.variant)
     tags["seed"] = str(cfg.seed)
     tags["config_hash"] = config_hash(cfg)
     tags["variant_hash"] = config_hash(cfg, include_seed=False)
