@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import CONF_DIR, ConfigError
 from .presets import compose_config
+from .sweep import failed_jobs, sweep_context
 
 #: Compose at most this many jobs up front; larger sweeps are checked job by job as they run.
 MAX_JOBS_CHECKED_UP_FRONT = 1024
@@ -50,11 +51,16 @@ def job_overrides(argv: list[str]) -> tuple[list[list[str]], bool]:
     args = get_args_parser().parse_args(argv)
     if args.cfg or args.info or args.help or args.hydra_help or args.shell_completion:
         return [], False  # Hydra's own commands: nothing trains
-    parsed = OverridesParser.create().parse_overrides(args.overrides)
-    parsed = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
+    parser = OverridesParser.create()
+    is_job_override = lambda o: not o.get_key_element().lstrip("+~").startswith("hydra")  # noqa: E731
+    parsed = [o for o in parser.parse_overrides(args.overrides) if is_job_override(o)]
     if not args.multirun:
         return [[o.input_line for o in parsed]], False
-    (jobs,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    # A sweep preset (sweep=ofat) lists its sweeps in hydra.sweeper.params; the command line
+    # comes after them and wins for the same key, as in Hydra's BasicSweeper.
+    primary = compose_config([o.input_line for o in parsed if not o.is_sweep_override()], with_hydra=True)
+    preset_params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.params or {}).items()]
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(preset_params) + parsed, max_batch_size=None)
     return jobs, True
 
 
@@ -92,7 +98,14 @@ def _hydra_main(cfg: DictConfig) -> float:
     lightning_log.propagate = False  # Lightning has its own handler; Hydra's would print each line twice
     for handler in lightning_log.handlers:
         handler.addFilter(_DropLitLoggerTip())
-    return train(cfg)["test_error"]
+    try:
+        return train(cfg)["test_error"]
+    except Exception as err:
+        if sweep_context() is None:
+            raise
+        # The run is already FAILED in MLflow with its reason; one job must not stop the sweep.
+        print(f"error: job failed ({type(err).__name__}: {_one_line(err)}); the sweep goes on", file=sys.stderr)
+        return float("nan")
 
 
 def main() -> None:
@@ -102,3 +115,6 @@ def main() -> None:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
     _hydra_main()
+    if failed_jobs:
+        print(f"error: {len(failed_jobs)} job(s) of the sweep FAILED: {', '.join(failed_jobs)}", file=sys.stderr)
+        sys.exit(1)

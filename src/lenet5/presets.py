@@ -10,12 +10,13 @@ from hydra.core.global_hydra import GlobalHydra
 from .config import CONF_DIR, ABLATION_FACTORS, select
 
 
-def compose_config(overrides: list[str]):
-    """The config `python run.py <overrides>` would run, without running it."""
+def compose_config(overrides: list[str], with_hydra: bool = False):
+    """The config `python run.py <overrides>` would run, without running it
+    (`with_hydra`: keep the `hydra` node, e.g. to read a sweep preset's params)."""
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 @lru_cache(maxsize=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import lightning as L
@@ -18,7 +19,8 @@ from .model.lenet5 import CLASSES
 from .module import LeNet5Module
 from .plots import confusion_matrix_figure, misclassified_figure
 from .presets import preset_factors
-from .tracking import TrackedRun, flatten_config, run_name, tracked_run
+from .sweep import find_finished, sweep_context
+from .tracking import TrackedRun, config_hash, flatten_config, run_name, tracked_run
 
 
 def prepare(cfg: Any, check_data: bool = True) -> tuple[MNISTDataModule, LeNet5Module]:
@@ -30,6 +32,10 @@ def prepare(cfg: Any, check_data: bool = True) -> tuple[MNISTDataModule, LeNet5M
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LeNet5Module(cfg, datamodule.input_size, datamodule.eval_split_names)
     return datamodule, module
+
+
+# Metrics are logged per epoch (module.py), so Lightning's per-step logging interval is moot.
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 def make_trainer(cfg: Any, logger) -> L.Trainer:
@@ -95,7 +101,18 @@ def train(cfg: Any) -> dict[str, Any]:
     name = run_name(cfg, preset_factors(str(cfg.experiment)))
     print(f"{name}\n{counts.to_string(index=False)}")
 
-    with tracked_run(cfg, name) as run:
+    sweep = sweep_context()
+    sweep_tags = {}
+    if sweep is not None:
+        if cfg.tracking.skip_finished:
+            done = find_finished(cfg.tracking.uri, cfg.tracking.experiment, config_hash(cfg))
+            if done is not None:
+                print(f"skip: {name} already FINISHED as run {done.info.run_id}")
+                return _result(done.info.run_id, name, done.data.metrics.get("test_error", float("nan")), cfg)
+        if sweep["tracking_uri"] == str(cfg.tracking.uri):
+            sweep_tags = {"mlflow.parentRunId": sweep["parent_run_id"], "sweep_id": sweep["sweep_id"]}
+
+    with tracked_run(cfg, name, sweep_tags) as run:
         run.log_params(flatten_config(cfg))
         run.log_text(_to_yaml(cfg), "config.yaml")
         run.log_text(counts.to_csv(index=False), "model_layers.csv")
@@ -115,8 +132,12 @@ def train(cfg: Any) -> dict[str, Any]:
         f"(run {run.run_id} in experiment '{cfg.tracking.experiment}')\n"
         f"browse all runs: mlflow ui --backend-store-uri {cfg.tracking.uri}"
     )
+    return _result(run.run_id, name, test_error, cfg)
+
+
+def _result(run_id: str, name: str, test_error: float, cfg: Any) -> dict[str, Any]:
     return {
-        "run_id": run.run_id,
+        "run_id": run_id,
         "run_name": name,
         "test_error": test_error,
         "tracking_uri": str(cfg.tracking.uri),
