@@ -36,7 +36,7 @@ COMBINATIONS = [
     ]
 ]
 HEADS = [("rbf", "map"), ("rbf", "mle"), ("rbf", "cross_entropy"), ("softmax", "cross_entropy")]
-OPTIMS = [("sgd", "constant"), ("adam", "cosine"), ("sgd", "step")]
+OPTIMS = [("sgd", "constant"), ("adam", "cosine"), ("sgd", "step"), ("sdlm", "paper")]
 
 
 @pytest.mark.parametrize(

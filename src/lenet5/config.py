@@ -83,11 +83,13 @@ class Reduction(str, enum.Enum):
 
 
 class OptimName(str, enum.Enum):
+    sdlm = "sdlm"  # paper, Appendix C: stochastic diagonal Levenberg-Marquardt
     sgd = "sgd"
     adam = "adam"
 
 
 class Schedule(str, enum.Enum):
+    paper = "paper"  # Appendix C's per-pass steps, relative to pass 1: x1 x2, x0.4 x3, x0.2 x3, x0.1 x4, then x0.02
     constant = "constant"
     cosine = "cosine"
     step = "step"
@@ -142,6 +144,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     schedule: Schedule = Schedule.constant
+    #: SDLM: damping mu of eta / (mu + h_kk), and patterns used to re-estimate h_kk before each pass.
+    mu: float = 0.02
+    curvature_samples: int = 500
     #: `step` schedule: multiply the rate by `gamma` every `step_epochs` epochs.
     step_epochs: int = 5
     gamma: float = 0.5

@@ -71,7 +71,7 @@ class LeNet5Module(L.LightningModule):
         self.log("step", float(self.current_epoch + 1))
 
     def configure_optimizers(self):
-        optimizer = make_optimizer(self.model.parameters(), self.cfg.optim)
+        optimizer = make_optimizer(self.model.parameters(), self.cfg.optim, self.cfg.data.batch_size)
         scheduler = make_schedule(optimizer, self.cfg.optim, self.cfg.trainer.max_epochs)
         if scheduler is None:
             return optimizer

@@ -7,10 +7,15 @@ from typing import Any, Iterable
 import torch
 
 from .config import select
+from .sdlm import SDLM, paper_eta
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg: Any) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg: Any, batch_size: int = 1) -> torch.optim.Optimizer:
+    """`batch_size` matters only to SDLM: with the batch-mean loss, its mini-batch form takes
+    batch_size x eta, i.e. the sum of the paper's per-pattern steps taken at one point."""
     name = select(optim_cfg, "name")
+    if name == "sdlm":
+        return SDLM(params, lr=optim_cfg.lr * batch_size, mu=optim_cfg.mu)
     if name == "sgd":
         return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay)
     if name == "adam":
@@ -21,6 +26,9 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg: Any) -> torc
 def make_schedule(optimizer: torch.optim.Optimizer, optim_cfg: Any, max_epochs: int):
     """Per-epoch LR scheduler, or None for `constant`."""
     schedule = select(optim_cfg, "schedule")
+    if schedule == "paper":
+        # LambdaLR counts finished epochs from 0; pass numbers in the paper start at 1.
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: paper_eta(epoch + 1) / paper_eta(1))
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
     if schedule == "step":

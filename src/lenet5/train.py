@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from .callbacks import EpochThroughput
-from .config import check_compatible
+from .callbacks import EpochThroughput, SDLMCurvature
+from .config import check_compatible, select
 from .data import MNISTDataModule
 from .model.counts import counts_table
 from .model.lenet5 import CLASSES
@@ -46,7 +46,8 @@ def make_trainer(cfg: Any, logger) -> L.Trainer:
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         logger=logger,
-        callbacks=[EpochThroughput()],
+        callbacks=[EpochThroughput()]
+        + ([SDLMCurvature(cfg.optim.curvature_samples, cfg.seed)] if select(cfg, "optim.name") == "sdlm" else []),
         # "warn": deterministic kernels wherever PyTorch has them (all of them on the CPU),
         # a warning rather than a crash for the few GPU ops that have none.
         deterministic="warn" if cfg.trainer.deterministic else False,

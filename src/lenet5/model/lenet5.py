@@ -57,42 +57,52 @@ class LeNet5(nn.Module):
         initialize(self, choice("init"))
 
     def _c5_area(self, model_cfg: Any) -> int:
-        """Spatial area of C5's output, found by running the convolutional part on a blank image."""
-        with torch.no_grad():
-            x = torch.zeros(1, 1, self.input_size, self.input_size)
-            try:
-                x = self.c5(self._pool_stage(self._pool_stage(x, self.c1, self.s2), self.c3, self.s4))
-            except RuntimeError as err:
-                raise ConfigError(
-                    f"model geometry does not fit a {self.input_size}x{self.input_size} input "
-                    f"(model.c1_kernel={model_cfg.c1_kernel}, c1_padding={model_cfg.c1_padding}, "
-                    f"c3_padding={model_cfg.c3_padding}, c5_padding={model_cfg.c5_padding}): "
-                    f"{str(err).splitlines()[0]}; use data.preprocess=paper (32x32) or more padding"
-                ) from None
+        """Spatial area of C5's output, found by running C1-C5 on a blank image."""
+        x = torch.zeros(1, 1, self.input_size, self.input_size)
+        try:
+            with torch.no_grad():
+                for layer, squash in self.convolutional_stages():
+                    x = self.f(layer(x)) if squash else layer(x)
+        except RuntimeError as err:
+            raise ConfigError(
+                f"model geometry does not fit a {self.input_size}x{self.input_size} input "
+                f"(model.c1_kernel={model_cfg.c1_kernel}, c1_padding={model_cfg.c1_padding}, "
+                f"c3_padding={model_cfg.c3_padding}, c5_padding={model_cfg.c5_padding}): "
+                f"{str(err).splitlines()[0]}; use data.preprocess=paper (32x32) or more padding"
+            ) from None
         return x.shape[-1] * x.shape[-2]
 
-    def _pool_stage(self, x: torch.Tensor, conv: nn.Module, pool: nn.Module) -> torch.Tensor:
-        """conv -> pool with the squashing function where `model.activation_at` puts it.
+    def convolutional_stages(self) -> list[tuple[nn.Module, bool]]:
+        """C1 to C5 as (layer, whether the squashing function follows it).
 
-        The paper squashes both the convolution's and the subsampling's output (`both`).
+        The paper squashes every convolution's and every subsampling's output
+        (`activation_at=both`); `before_pool`/`after_pool` keep only one of the two.
         """
-        x = conv(x)
-        if self.activation_at in ("both", "before_pool"):
-            x = self.f(x)
-        x = pool(x)
-        if self.activation_at in ("both", "after_pool"):
-            x = self.f(x)
-        return x
+        after_conv = self.activation_at in ("both", "before_pool")
+        after_pool = self.activation_at in ("both", "after_pool")
+        return [
+            (self.c1, after_conv),  # (N, 6, 28, 28) for the paper
+            (self.s2, after_pool),  # (N, 6, 14, 14)
+            (self.c3, after_conv),  # (N, 16, 10, 10)
+            (self.s4, after_pool),  # (N, 16, 5, 5)
+            (self.c5, True),  # (N, 120, 1, 1)
+        ]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, S, S) -> F6 states (N, f6_width)."""
-        x = self._pool_stage(x, self.c1, self.s2)  # C1, S2: (N, 6, 14, 14) for the paper
-        x = self._pool_stage(x, self.c3, self.s4)  # C3, S4: (N, 16, 5, 5)
-        x = self.f(self.c5(x)).flatten(1)  # C5: (N, 120)
-        return self.f(self.f6(x))  # F6: (N, 84)
+    def stages(self) -> list[tuple[nn.Module, bool]]:
+        """Every layer in forward order; one list serves the forward and the SDLM curvature pass."""
+        return self.convolutional_stages() + [
+            (self.f6, True),  # (N, 84), on C5's output flattened
+            (self.output, False),  # (N, 10)
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.features(x))
+        for layer, squash in self.stages():
+            if layer is self.f6:
+                x = x.flatten(1)
+            x = layer(x)
+            if squash:
+                x = self.f(x)
+        return x
 
     def scores(self, out: torch.Tensor) -> torch.Tensor:
         """Head output -> class scores, larger = more likely (negated distances for RBF)."""
