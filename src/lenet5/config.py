@@ -71,6 +71,11 @@ class Preprocess(str, enum.Enum):
     unit = "unit"  # the tutorials': 28x28, pixels in [0, 1]
 
 
+class Augment(str, enum.Enum):
+    none = "none"
+    paper = "paper"  # fixed random affine distortions of each training image (section III.C)
+
+
 class LossName(str, enum.Enum):
     map = "map"  # paper eq. 9
     mle = "mle"  # paper eq. 8
@@ -112,6 +117,16 @@ class ModelConfig:
 
 
 @dataclass
+class DistortionConfig:
+    """Half-widths of the uniform ranges of the paper's planar affine distortions."""
+
+    translate: float = 2.0  # pixels, horizontally and vertically
+    scale: float = 0.1  # factor 1 +- this
+    squeeze: float = 0.1  # x by 1 +- this, y by its inverse
+    shear: float = 0.2  # horizontal shear, x += shear * y
+
+
+@dataclass
 class DataConfig:
     #: Folder holding MNIST/raw/ (torchvision's layout); `$MNIST_ROOT` when set, else ./data.
     root: str = "${oc.env:MNIST_ROOT,${project_dir:}/data}"
@@ -126,6 +141,10 @@ class DataConfig:
     test_subset: int = 0
     batch_size: int = 32
     eval_batch_size: int = 2000
+    augment: Augment = Augment.none
+    #: Distorted copies of each training image (paper: 9, i.e. 540,000 added to 60,000).
+    distorted_copies: int = 9
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
 
 
 @dataclass
@@ -202,6 +221,7 @@ ABLATION_FACTORS: dict[str, str] = {
     "loss": "loss.name",
     "optim": "optim.name",
     "preprocess": "data.preprocess",
+    "augment": "data.augment",
 }
 
 
@@ -245,6 +265,6 @@ def check_compatible(cfg: Any) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value} must be positive")
-    for key in ("data.train_subset", "data.val_size", "data.test_subset", "loss.j"):
+    for key in ("data.train_subset", "data.val_size", "data.test_subset", "loss.j", "data.distorted_copies"):
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from .config import ConfigError, select
+from .distortions import DistortedBatches
 
 #: The canonical SHA-256 of the four uncompressed MNIST files (as published with MNIST).
 MNIST_SHA256 = {
@@ -173,7 +174,17 @@ class MNISTDataModule(L.LightningDataModule):
         """Names of the evaluation loaders, in `val_dataloader()` order."""
         return ["test"] + (["val"] if self.cfg.val_size else [])
 
-    def train_dataloader(self) -> TensorBatches:
+    @property
+    def background(self) -> float:
+        """Pixel value of a blank field after preprocessing."""
+        return PAPER_BACKGROUND if self.mode == "paper" else 0.0
+
+    def train_dataloader(self) -> TensorBatches | DistortedBatches:
+        if select(self.cfg, "augment") == "paper":
+            return DistortedBatches(
+                *self.splits["train"], self.cfg.batch_size, self.cfg.distorted_copies,
+                self.cfg.distortion, self.background, seed=self.seed,
+            )  # fmt: skip
         return TensorBatches(*self.splits["train"], self.cfg.batch_size, shuffle=True, seed=self.seed)
 
     def val_dataloader(self) -> list[TensorBatches]:

@@ -42,3 +42,18 @@ def misclassified_figure(images: torch.Tensor, true: torch.Tensor, predicted: to
         axes.flat[0].text(0.5, 0.5, "no test digit misclassified", ha="center", va="center")
     fig.tight_layout()
     return fig
+
+
+def distortions_figure(originals: torch.Tensor, distorted: torch.Tensor):
+    """Each row: an original (K, 1, S, S) then its distorted copies (K, C, 1, S, S)."""
+    rows, copies = distorted.shape[:2]
+    fig, axes = plt.subplots(rows, copies + 1, figsize=((copies + 1) * 0.9, rows * 0.9), dpi=110, squeeze=False)
+    for r in range(rows):
+        for c, image in enumerate([originals[r], *distorted[r]]):
+            axes[r, c].imshow(image[0].cpu().numpy(), cmap="gray_r")
+            axes[r, c].axis("off")
+    axes[0, 0].set_title("original", fontsize=7)
+    for c in range(1, copies + 1):
+        axes[0, c].set_title(f"copy {c}", fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -17,7 +17,8 @@ from .data import MNISTDataModule
 from .model.counts import counts_table
 from .model.lenet5 import CLASSES
 from .module import LeNet5Module
-from .plots import confusion_matrix_figure, misclassified_figure
+from .distortions import distort
+from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .presets import preset_factors
 from .sweep import find_finished, sweep_context
 from .tracking import TrackedRun, config_hash, flatten_config, run_name, tracked_run
@@ -92,6 +93,20 @@ def log_test_artifacts(run: TrackedRun, cfg: Any, module: LeNet5Module, datamodu
     return test_error
 
 
+def log_distortions(run: TrackedRun, datamodule: MNISTDataModule, rows: int = 6) -> None:
+    """A grid of the first training images and their fixed distorted copies."""
+    batches = datamodule.train_dataloader()
+    n, copies = len(batches.labels), min(batches.copies, 9)
+    originals = batches.images[:rows]
+    rows_of = torch.arange(rows, device=batches.transforms.device)
+    distorted = torch.stack(
+        [distort(originals, batches.transforms[c * n + rows_of], batches.background) for c in range(copies)], 1
+    )
+    figure = distortions_figure(originals, distorted)
+    run.log_figure(figure, "distortions.png")
+    plt.close(figure)
+
+
 def train(cfg: Any) -> dict[str, Any]:
     """Train the variant `cfg` describes and record it as one MLflow run.
 
@@ -127,6 +142,8 @@ def train(cfg: Any) -> dict[str, Any]:
         if trainer.interrupted:
             raise KeyboardInterrupt
         test_error = log_test_artifacts(run, cfg, module, datamodule)
+        if select(cfg, "data.augment") == "paper":
+            log_distortions(run, datamodule)
 
     print(
         f"\n{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs "

@@ -1,0 +1,89 @@
+"""The paper's training-set distortions: random planar affine maps, computed in batches on the device.
+
+Paper, section III.C: the 60,000 training images were augmented with 540,000 distorted
+copies, each a combination of horizontal and vertical translation, scaling, squeezing
+(horizontal compression with vertical elongation, or the reverse) and horizontal shearing.
+The paper gives no ranges; ours are `data.distortion.*`.
+
+The distorted set is fixed, as the paper's was: copy c of image i always gets the same
+transform (drawn once from the run's seed), and images are warped batch by batch as they
+are served, so the 600,000 images never sit in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+#: Transform parameters per copy: dx, dy (pixels), scale, squeeze, shear.
+PARAMS = 5
+
+
+def draw_transforms(count: int, distortion_cfg: Any, generator: torch.Generator) -> torch.Tensor:
+    """(count, 5) uniform draws within the configured ranges: dx, dy, scale, squeeze, shear."""
+    u = torch.rand(count, PARAMS, generator=generator) * 2 - 1  # U(-1, 1)
+    ranges = torch.tensor(
+        [distortion_cfg.translate, distortion_cfg.translate, distortion_cfg.scale,
+         distortion_cfg.squeeze, distortion_cfg.shear]
+    )  # fmt: skip
+    values = u * ranges
+    values[:, 2:4] += 1.0  # scale and squeeze are factors around 1
+    return values
+
+
+def affine_matrices(transforms: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 5) transforms -> (N, 2, 3) matrices for `F.affine_grid`, mapping output to input
+    coordinates in [-1, 1] units for a `size` x `size` image.
+
+    The image is scaled by `scale`, then x by `squeeze` and y by 1/`squeeze` (squeezing keeps
+    the area), sheared horizontally by `shear` (x += shear * y), then translated.
+    """
+    dx, dy, scale, squeeze, shear = transforms.unbind(1)
+    sx, sy = scale * squeeze, scale / squeeze
+    # Forward map A = [[sx, shear*sy], [0, sy]] plus translation; affine_grid wants its inverse.
+    forward = torch.zeros(len(transforms), 3, 3, dtype=transforms.dtype, device=transforms.device)
+    forward[:, 0, 0], forward[:, 0, 1], forward[:, 1, 1] = sx, shear * sy, sy
+    forward[:, 0, 2], forward[:, 1, 2] = dx * 2 / size, dy * 2 / size
+    forward[:, 2, 2] = 1.0
+    return torch.linalg.inv(forward)[:, :2, :]
+
+
+def distort(images: torch.Tensor, transforms: torch.Tensor, background: float) -> torch.Tensor:
+    """Warp (N, 1, S, S) images by (N, 5) transforms (bilinear; outside pixels = `background`)."""
+    grid = F.affine_grid(affine_matrices(transforms.to(images), images.shape[-1]), list(images.shape), align_corners=False)
+    shifted = images - background  # grid_sample pads with zeros: make the background zero
+    return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
+
+
+class DistortedBatches:
+    """The originals plus `copies` fixed distorted copies of each, shuffled together each pass.
+
+    Same interface as `TensorBatches`: `len()` batches of (images, labels) on the device.
+    """
+
+    def __init__(self, images, labels, batch_size: int, copies: int, distortion_cfg: Any, background: float, seed: int):
+        self.images, self.labels = images, labels
+        self.batch_size, self.copies, self.background = batch_size, copies, background
+        self.shuffle_generator = torch.Generator().manual_seed(seed)
+        transform_generator = torch.Generator().manual_seed(seed + 2)
+        # Row c * N + i: the transform of copy c (1-based) of image i.
+        self.transforms = draw_transforms(len(labels) * copies, distortion_cfg, transform_generator).to(images.device)
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) * (1 + self.copies) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n * (1 + self.copies), generator=self.shuffle_generator).to(self.images.device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            image_index, copy = index % n, index // n
+            batch = self.images[image_index]
+            distorted = copy > 0
+            if distorted.any():
+                rows = (copy[distorted] - 1) * n + image_index[distorted]
+                batch = batch.clone()
+                batch[distorted] = distort(batch[distorted], self.transforms[rows], self.background)
+            yield batch, self.labels[image_index]
