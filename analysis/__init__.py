@@ -1,1 +1,8 @@
-"""Turns MLflow runs into results tables and plots."""
+"""Turns MLflow runs into results tables and plots.
+
+runs     load_runs / load_curves: tidy pandas frames from an MLflow store (ReportError)
+stats    variant_table (seeds pooled, paired tests vs a baseline, Holm) and factor_table
+plots    matplotlib figures of both tables and of the learning curves
+report   write_report and the `python -m analysis.report` / `lenet5-report` command
+ablation.ipynb walks through the same steps.
+"""

@@ -173,3 +173,19 @@ def test_path_ends_at_the_modern_preset():
     last = flatten_config(compose("variant=path_6_optim"))
     modern = flatten_config(compose("experiment=modern"))
     assert {k for k in last if last[k] != modern[k]} == {"experiment", "variant"}
+
+
+@pytest.mark.slow
+def test_another_sweep_reuses_finished_runs_and_counts_them(swept):
+    """A different sweep sharing jobs skips them but still reports them as its own."""
+    from analysis.runs import load_runs
+
+    store, folder, _, (_, (first_parent,), _), _ = swept
+    done = run_cli("-m", "model.pool=subsample", "model.c3=table", "seed=0,1,2", *sweep_overrides(store), cwd=folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("skip: ") == 2
+    _, parents, children = runs_of(store)
+    (second_parent,) = [p for p in parents if p.info.run_id != first_parent.info.run_id]
+    reported = load_runs(store, "sweep", second_parent.data.tags["sweep_id"])
+    assert sorted(reported["seed"]) == [0, 1, 2] and reported["variant"].nunique() == 1
+    assert len(children) == 9  # only seed 2 was trained again

@@ -26,6 +26,9 @@ from .tracking import get_or_create_experiment, is_remote
 
 SWEEP_FILE = "mlflow_sweep.json"
 PARENT_TAG = "sweep.parent"
+#: Tag prefix set on a FINISHED run that a later sweep reused instead of training it again,
+#: so that sweep's report counts it (`sweep.reused_by.<sweep id>` = "true").
+REUSED_TAG = "sweep.reused_by."
 
 #: Set by the callback at the end of a multirun in this process: jobs that ended FAILED.
 failed_jobs: list[str] = []
@@ -118,6 +121,12 @@ def sweep_context() -> dict[str, str] | None:
         return None
     path = Path(HydraConfig.get().sweep.dir) / SWEEP_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def reuse_finished(sweep: dict[str, str], run) -> None:
+    """Count the FINISHED `run` as a member of `sweep` (its parent stays the sweep that trained it)."""
+    if run.data.tags.get("sweep_id") != sweep["sweep_id"]:
+        MlflowClient(sweep["tracking_uri"]).set_tag(run.info.run_id, REUSED_TAG + sweep["sweep_id"], "true")
 
 
 def find_finished(tracking_uri: str, experiment: str, config_hash: str):

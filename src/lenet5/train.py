@@ -20,7 +20,7 @@ from .module import LeNet5Module
 from .distortions import distort
 from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .presets import preset_factors
-from .sweep import find_finished, sweep_context
+from .sweep import find_finished, reuse_finished, sweep_context
 from .tracking import TrackedRun, config_hash, flatten_config, run_name, tracked_run
 
 
@@ -124,6 +124,7 @@ def train(cfg: Any) -> dict[str, Any]:
             done = find_finished(cfg.tracking.uri, cfg.tracking.experiment, config_hash(cfg))
             if done is not None:
                 print(f"skip: {name} already FINISHED as run {done.info.run_id}")
+                reuse_finished(sweep, done)
                 return _result(done.info.run_id, name, done.data.metrics.get("test_error", float("nan")), cfg)
         if sweep["tracking_uri"] == str(cfg.tracking.uri):
             sweep_tags = {"mlflow.parentRunId": sweep["parent_run_id"], "sweep_id": sweep["sweep_id"]}

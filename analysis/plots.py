@@ -1,0 +1,96 @@
+"""Figures of the results tables.
+
+Each function returns a matplotlib Figure built without pyplot, so nothing depends on (or
+changes) the process's backend or pyplot's figure list: PNGs are rendered by Agg, a
+notebook shows the returned figure inline, and a training process calling the report at
+the end of a sweep keeps its own pyplot state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+BEST_COLOUR, BASELINE_COLOUR, OTHER_COLOUR, FLAGGED_COLOUR = "tab:green", "tab:blue", "tab:gray", "tab:orange"
+
+
+def _row_height(rows: int) -> float:
+    """Figure height (inches) for `rows` labelled rows."""
+    return 1.2 + 0.4 * max(rows, 1)
+
+
+def _interval_bars(ax, centres: pd.Series, low: pd.Series, high: pd.Series, colours: list[str]) -> None:
+    """Horizontal points at `centres` with bars from `low` to `high`; rows with a NaN bound get a point only."""
+    positions = np.arange(len(centres))
+    has_interval = (low.notna() & high.notna()).to_numpy()
+    for y, centre, lo, hi, colour, bar in zip(positions, centres, low, high, colours, has_interval):
+        xerr = [[centre - lo], [hi - centre]] if bar else None
+        ax.errorbar(centre, y, xerr=xerr, fmt="o", color=colour, capsize=4)
+    ax.set_yticks(positions)
+    ax.invert_yaxis()
+
+
+def variants_figure(table: pd.DataFrame) -> Figure:
+    """Mean final test error (%) per variant with its 95% interval (`variant_table`'s frame);
+    a variant with one seed is a bare point. Best in green, baseline in blue."""
+    figure = Figure(figsize=(8, _row_height(len(table))), layout="constrained")
+    ax = figure.subplots()
+    colours = [
+        BEST_COLOUR if best else BASELINE_COLOUR if baseline else OTHER_COLOUR
+        for best, baseline in zip(table["best"], table["baseline"])
+    ]
+    _interval_bars(ax, table["mean"], table["ci_low"], table["ci_high"], colours)
+    ax.set_yticklabels([f"{variant} (n={n})" for variant, n in zip(table["variant"], table["n"])])
+    ax.set_xlabel("test error (%), mean over seeds with 95% CI")
+    ax.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def factors_figure(table: pd.DataFrame) -> Figure:
+    """Effect of each factor change on test error (percentage points) with its 95% interval
+    (`factor_table`'s frame); flagged (confounded) rows in orange. Left of 0: the change helps."""
+    figure = Figure(figsize=(8, _row_height(len(table))), layout="constrained")
+    ax = figure.subplots()
+    ax.axvline(0, color="black", linewidth=0.8)
+    if table.empty:
+        ax.text(0.5, 0.5, "no pair of variants isolates a factor", ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
+    else:
+        colours = [FLAGGED_COLOUR if flag else BASELINE_COLOUR for flag in table["flag"]]
+        _interval_bars(ax, table["effect"], table["ci_low"], table["ci_high"], colours)
+        ax.set_yticklabels(
+            [f"{factor}: {change}{' (flagged)' if flag else ''}" for factor, change, flag in table[["factor", "change", "flag"]].itertuples(index=False)]
+        )
+    ax.set_xlabel("change in test error (percentage points)\nmean over paired seeds with 95% CI")
+    ax.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def learning_curves_figure(curves: pd.DataFrame, runs: pd.DataFrame, metric: str = "test_error") -> Figure:
+    """`metric` per epoch, one line per variant: the mean over its seeds, with a band from the
+    lowest to the highest seed. `curves`: `load_curves`' frame; `runs`: `load_runs`' frame."""
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    ax = figure.subplots()
+    points = runs[["run_id", "variant"]].merge(curves[curves["metric"] == metric], on="run_id")
+    for variant, by_variant in points.groupby("variant", sort=False):
+        spread = by_variant.groupby("step")["value"].agg(["mean", "min", "max"])
+        (line,) = ax.plot(spread.index, spread["mean"], marker="o", label=variant)
+        ax.fill_between(spread.index, spread["min"], spread["max"], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)" if metric.endswith("error") else metric.replace("_", " "))
+    if not points.empty:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, points["step"].max() + 0.5)  # epochs are whole: no 0.96 ticks around a single one
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def save(figure: Figure, path: Path) -> Path:
+    """Write `figure` to `path` as a PNG."""
+    figure.savefig(path, dpi=120)
+    return path

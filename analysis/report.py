@@ -1,0 +1,186 @@
+"""Results tables and plots of an experiment (or one sweep of it), as files.
+
+    python -m analysis.report --experiment ofat [--sweep ID] [--baseline experiment=paper]
+                              [--tracking-uri URI] [--out results/]
+
+writes variants.{md,tex,csv,html}, factors.{md,tex,csv,html}, runs.csv, variants.png,
+factors.png and learning_curves.png, then prints the Markdown variant table. The CSV files
+hold the unrounded numbers; the other tables are rounded for reading. A report that cannot be
+made prints one `error: ...` line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+from . import plots
+from .runs import DEFAULT_TRACKING_URI, ReportError, load_curves, load_runs
+from .stats import CONFIDENCE, factor_table, variant_table
+
+BEST_MARK = "★"
+#: Unicode used in the tables, as LaTeX commands (after LaTeX-escaping the text around them).
+LATEX_SYMBOLS = str.maketrans({"±": r"$\pm$", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "★": r"$\star$"})
+LATEX_SPECIALS = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"})
+CI_HEADER = f"{CONFIDENCE:.0%} CI"
+#: Text columns holding numbers, right-aligned in Markdown.
+NUMERIC_TEXT = {"test error % (mean ± std)", CI_HEADER, "Δ vs baseline (pp)", "p (Holm)", "effect (pp)"}
+HTML_TABLE_CSS = [
+    {"selector": "", "props": "border-collapse: collapse; font-family: sans-serif; font-size: 0.9em;"},
+    {"selector": "th, td", "props": "padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right;"},
+    {"selector": "td:first-child, th:first-child", "props": "text-align: left;"},
+    {"selector": "caption", "props": "caption-side: top; font-weight: bold; padding: 6px;"},
+]
+
+
+def _number(value: float, signed: bool = False) -> str:
+    """Two decimals (percent or percentage points), blank for NaN."""
+    return "" if math.isnan(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def _interval(low: float, high: float, signed: bool = False) -> str:
+    return "" if math.isnan(low) else f"[{_number(low, signed)}, {_number(high, signed)}]"
+
+
+def _p_value(p: float) -> str:
+    return "" if math.isnan(p) else f"{p:#.3g}"
+
+
+def variants_display(table: pd.DataFrame) -> pd.DataFrame:
+    """`variant_table` as text for a paper: errors in % with 2 decimals, p-values with 3
+    significant digits, the best variant marked ★, the baseline's Δ cell saying so."""
+    has_baseline = table["baseline"].any()
+    delta = [
+        "baseline" if is_baseline else _number(diff, signed=True) if has_baseline else ""
+        for diff, is_baseline in zip(table["diff"], table["baseline"])
+    ]
+    return pd.DataFrame(
+        {
+            "variant": [f"{v} {BEST_MARK}" if best else v for v, best in zip(table["variant"], table["best"])],
+            "n": table["n"],
+            "test error % (mean ± std)": [
+                _number(mean) if math.isnan(std) else f"{mean:.2f} ± {std:.2f}" for mean, std in zip(table["mean"], table["std"])
+            ],
+            CI_HEADER: [_interval(low, high) for low, high in zip(table["ci_low"], table["ci_high"])],
+            "Δ vs baseline (pp)": delta,
+            "p (Holm)": [_p_value(p) for p in table["p_holm"]],
+        }
+    )
+
+
+def factors_display(table: pd.DataFrame) -> pd.DataFrame:
+    """`factor_table` as text: effects and intervals in signed percentage points, 2 decimals."""
+    return pd.DataFrame(
+        {
+            "factor": table["factor"],
+            "change": table["change"],
+            "effect (pp)": [_number(effect, signed=True) for effect in table["effect"]],
+            CI_HEADER: [_interval(low, high, signed=True) for low, high in zip(table["ci_low"], table["ci_high"])],
+            "variant pairs": table["n_pairs"],
+            "paired seeds": table["n"],
+            "flag": table["flag"],
+        }
+    )
+
+
+def _styled(display: pd.DataFrame, highlighted: pd.Series | None, css: str) -> Styler:
+    """`display` without its index; `css` on the rows where `highlighted` is True."""
+    styler = display.style.hide(axis="index")
+    if highlighted is None:
+        return styler
+    emphasis = pd.DataFrame("", index=display.index, columns=display.columns)
+    emphasis.loc[highlighted.to_numpy()] = css
+    return styler.apply(lambda _: emphasis, axis=None)
+
+
+def _alignment(display: pd.DataFrame) -> list[str]:
+    """"right" for columns of numbers (formatted or not), "left" for text."""
+    return ["right" if c in NUMERIC_TEXT or pd.api.types.is_numeric_dtype(display[c]) else "left" for c in display]
+
+
+def _markdown(display: pd.DataFrame) -> str:
+    """GitHub Markdown, cells exactly as formatted (tabulate would re-read "+0.50" as 0.5)."""
+    return display.to_markdown(index=False, disable_numparse=True, colalign=_alignment(display))
+
+
+def _write_tables(display: pd.DataFrame, numbers: pd.DataFrame, highlighted: pd.Series | None, caption: str, stem: Path) -> dict[str, Path]:
+    """stem.md and stem.tex and stem.html from the text table `display`, stem.csv from the
+    unrounded `numbers`; returns {file name: path}."""
+    paths = {suffix: stem.with_suffix(f".{suffix}") for suffix in ("md", "tex", "csv", "html")}
+    paths["md"].write_text(_markdown(display) + "\n", encoding="utf-8")
+    numbers.to_csv(paths["csv"], index=False)
+    latex = (
+        _styled(display, highlighted, "font-weight: bold;")
+        .format(escape="latex")
+        .format_index(escape="latex", axis=1)
+        .set_caption(caption.translate(LATEX_SPECIALS))
+        .to_latex(hrules=True, convert_css=True, column_format="".join(side[0] for side in _alignment(display)))
+    )
+    paths["tex"].write_text(latex.translate(LATEX_SYMBOLS), encoding="utf-8")
+    page = _styled(display, highlighted, "font-weight: bold; background-color: #e6f4ea;")
+    paths["html"].write_text(page.set_caption(caption).set_table_styles(HTML_TABLE_CSS).to_html(doctype_html=True), encoding="utf-8")
+    return {path.name: path for path in paths.values()}
+
+
+def write_report(
+    tracking_uri: str,
+    experiment: str,
+    out_dir: str | Path,
+    sweep_id: str | None = None,
+    baseline: str | None = None,
+) -> dict[str, Path]:
+    """Write every table and figure of `experiment` (its sweep `sweep_id` only, when given)
+    into `out_dir` (created if needed); returns {file name: path}. `baseline`: a variant label
+    or key=value filters (see `analysis.stats.select_baseline`). Raises ReportError."""
+    runs = load_runs(tracking_uri, experiment, sweep_id)
+    variants, factors = variant_table(runs, baseline), factor_table(runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scope = f"experiment '{experiment}'" + (f", sweep {sweep_id}" if sweep_id else "")
+    files = _write_tables(
+        variants_display(variants), variants, variants["best"], f"Final test error per variant, {scope}", out / "variants"
+    )
+    files |= _write_tables(
+        factors_display(factors), factors, None, f"Effect of each factor on test error, {scope}", out / "factors"
+    )
+    runs.to_csv(out / "runs.csv", index=False)
+    files["runs.csv"] = out / "runs.csv"
+    curves = load_curves(tracking_uri, runs["run_id"], metrics=("test_error",))
+    for name, figure in (
+        ("variants.png", plots.variants_figure(variants)),
+        ("factors.png", plots.factors_figure(factors)),
+        ("learning_curves.png", plots.learning_curves_figure(curves, runs)),
+    ):
+        files[name] = plots.save(figure, out / name)
+    return files
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name (tracking.experiment of the runs)")
+    parser.add_argument("--sweep", metavar="ID", help="only the runs of this sweep (its sweep_id tag)")
+    parser.add_argument("--baseline", help="variant label, or key=value filters such as experiment=paper (default: the variant 'paper', if any)")
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        files = write_report(args.tracking_uri, args.experiment, args.out, sweep_id=args.sweep, baseline=args.baseline)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(files["variants.md"].read_text(encoding="utf-8"))
+    print(f"report written to {args.out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

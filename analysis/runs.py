@@ -1,0 +1,178 @@
+"""MLflow runs as tidy pandas frames: one row per finished training run, one per metric step.
+
+Only the configuration (`lenet5.config`) is imported from the training package: the rest
+pulls in Lightning and costs seconds on every report.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from lenet5.config import ABLATION_FACTORS, PROJECT_DIR
+
+#: The suite's own store, where `python run.py` records runs unless told otherwise.
+DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
+
+#: The factor columns of `load_runs`' frame, in the config's order (pool, activation, ...).
+FACTORS: tuple[str, ...] = tuple(ABLATION_FACTORS)
+#: Labels a run carries besides its factors: the `experiment=` preset and the `variant=` delta.
+LABELS = {"experiment": "ablation.experiment", "delta": "ablation.variant"}
+
+#: Params that do not change what is trained. Mirrors `lenet5.tracking.NON_SCIENTIFIC_KEYS`
+#: (a test keeps them equal), plus the labels and the seed, which are columns of their own.
+NON_SCIENTIFIC_PARAMS = (
+    "tracking",
+    "trainer.progress_bar",
+    "trainer.accelerator",
+    "trainer.devices",
+    "data.root",
+    "data.download",
+    "experiment",
+    "variant",
+    "seed",
+)
+
+#: Metrics read from each run; the final (last-step) value becomes a column of the same name.
+FINAL_METRICS = ("test_error", "train_error", "val_error", "train_loss", "model_trainable_params")
+CURVE_METRICS = ("test_error", "train_error", "val_error", "train_loss")
+
+#: Column prefix of the tags that mark a run as reused by another sweep (lenet5.sweep.REUSED_TAG).
+REUSED_TAG_PREFIX = "tags.sweep.reused_by."
+
+_SEED_SUFFIX = re.compile(r" seed=-?\d+$")
+
+
+class ReportError(ValueError):
+    """A report that cannot be made; the message is one line naming the bad value."""
+
+
+def is_scientific_param(key: str) -> bool:
+    """True for a flattened config key (`optim.lr`) that changes what is trained."""
+    return not any(key == skip or key.startswith(skip + ".") for skip in NON_SCIENTIFIC_PARAMS)
+
+
+def scientific_params(runs: pd.DataFrame) -> list[str]:
+    """The dotted param columns of `load_runs`' frame (`optim.lr`, `data.batch_size`, ...)."""
+    return [column for column in runs.columns if "." in column]
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    # MLflow creates a missing SQLite file on first contact: a typo would leave an empty store behind.
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ReportError(f"no MLflow store at {path} (tracking URI {tracking_uri})")
+    return MlflowClient(tracking_uri)
+
+
+@contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (`mlflow.search_runs`) at `uri` for the block only: setting it
+    also exports MLFLOW_TRACKING_URI, which processes started later (a sweep's jobs) would inherit."""
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _experiment_id(client: MlflowClient, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"unknown experiment '{experiment}' (experiments in the store: {', '.join(names) or 'none'})")
+    return found.experiment_id
+
+
+def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None) -> pd.DataFrame:
+    """Every FINISHED training run of `experiment` (of sweep `sweep_id` when given), one row each.
+
+    Columns: run_id, run_name, variant (the run name without " seed=N"; a short
+    variant_hash suffix where two configurations share a name), variant_hash, seed (int),
+    sweep_id, start_time, experiment and delta (the `experiment=` preset and the `variant=`
+    delta), one column per factor (`FACTORS`), the final test_error, train_error, val_error
+    (%, NaN without a validation split), train_loss and model_trainable_params, then every
+    scientific param other than the factors under its config key (`optim.lr`, `data.batch_size`,
+    ...; strings as logged). Sweep parents (no `config_hash` tag) and runs that did not finish
+    are left out. Rows are in start order.
+    """
+    client = _client(tracking_uri)
+    experiment_id = _experiment_id(client, experiment)
+    with _global_tracking_uri(tracking_uri):
+        raw = mlflow.search_runs(experiment_ids=[experiment_id], output_format="pandas")
+    if sweep_id is not None:
+        # A sweep's runs: its own children, plus finished runs of other sweeps that it reused
+        # instead of training them again (tagged `sweep.reused_by.<id>`, see lenet5.sweep).
+        reused_by = {c.removeprefix(REUSED_TAG_PREFIX) for c in raw.columns if c.startswith(REUSED_TAG_PREFIX)}
+        sweep_ids = set(raw["tags.sweep_id"].dropna()) if "tags.sweep_id" in raw else set()
+        if sweep_id not in sweep_ids | reused_by:
+            raise ReportError(
+                f"unknown sweep id '{sweep_id}' in experiment '{experiment}' "
+                f"(sweep ids there: {', '.join(sorted(sweep_ids)) or 'none'})"
+            )
+        own = raw["tags.sweep_id"] == sweep_id if "tags.sweep_id" in raw else False
+        reused = raw[REUSED_TAG_PREFIX + sweep_id] == "true" if sweep_id in reused_by else False
+        raw = raw[own | reused]
+    is_training_run = raw["tags.config_hash"].notna() if "tags.config_hash" in raw else False
+    raw = raw[(raw["status"] == "FINISHED") & is_training_run]
+    if raw.empty:
+        where = f"sweep '{sweep_id}' of experiment '{experiment}'" if sweep_id else f"experiment '{experiment}'"
+        raise ReportError(f"no FINISHED training runs in {where}")
+    return _tidy(raw.sort_values("start_time"))
+
+
+def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
+    factor_keys = {f"params.{key}" for key in ABLATION_FACTORS.values()}
+    params = [
+        column
+        for column in raw.columns
+        if column.startswith("params.") and column not in factor_keys and is_scientific_param(column.removeprefix("params."))
+    ]
+    frame = pd.DataFrame(
+        {
+            "run_id": raw["run_id"],
+            "run_name": raw["tags.mlflow.runName"],
+            "variant_hash": raw["tags.variant_hash"],
+            "seed": raw["tags.seed"].astype(int),
+            "sweep_id": raw["tags.sweep_id"] if "tags.sweep_id" in raw else None,
+            "start_time": raw["start_time"],
+            # .get: runs recorded before a factor or label existed lack its tag (NaN here).
+            **{label: raw.get(f"tags.{tag}") for label, tag in LABELS.items()},
+            **{factor: raw.get(f"tags.ablation.{factor}") for factor in FACTORS},
+            **{metric: raw.get(f"metrics.{metric}", float("nan")) for metric in FINAL_METRICS},
+            **{column.removeprefix("params."): raw[column] for column in sorted(params)},
+        }
+    ).reset_index(drop=True)
+    frame.insert(2, "variant", _variant_labels(frame))
+    return frame
+
+
+def _variant_labels(frame: pd.DataFrame) -> pd.Series:
+    """Run names without their seed; names shared by different configurations get "[hash]"."""
+    names = frame["run_name"].str.replace(_SEED_SUFFIX, "", regex=True)
+    shared = frame.groupby(names)["variant_hash"].transform("nunique") > 1
+    return names.where(~shared, names + " [" + frame["variant_hash"].str[:6] + "]")
+
+
+def load_curves(tracking_uri: str, run_ids: Iterable[str], metrics: Iterable[str] = CURVE_METRICS) -> pd.DataFrame:
+    """Per-epoch histories: columns run_id, metric, step (epochs completed), value.
+
+    Metrics a run never logged (val_error without a validation split) are simply absent.
+    """
+    client = _client(tracking_uri)
+    rows = [
+        (run_id, point.key, point.step, point.value)
+        for run_id in run_ids
+        for metric in metrics
+        for point in client.get_metric_history(run_id, metric)
+    ]
+    curves = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
+    return curves.sort_values(["run_id", "metric", "step"], ignore_index=True)
