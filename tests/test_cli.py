@@ -5,6 +5,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
+from lenet5.config import PROJECT_DIR
+
 from .conftest import run_cli, small_overrides
 
 
@@ -31,7 +33,7 @@ BAD_INPUTS = [
     (["trainer.max_epochs=abc"], ["abc", "Integer"]),
     (["loss=map", "model.head=softmax"], ["loss=map", "model.head=softmax", "model.head=rbf"]),
     (["loss=hinge"], ["hinge", "cross_entropy, map, mle"]),
-    (["experiment=lenet7"], ["lenet7", "modern, paper, seed001_tutorial, seed004_tf"]),
+    (["experiment=lenet7"], ["lenet7", *sorted(p.stem for p in (PROJECT_DIR / "conf" / "experiment").glob("*.yaml"))]),
     (["data.root=/nonexistent", "data.download=false"], ["/nonexistent/MNIST/raw/", "data.root"]),
     (["-m", "seed=0,1", "model.activation=scaled_tanh,swish"], ["swish", "relu"]),
     (["data.preprocess=unit"], ["28x28", "data.preprocess=paper"]),
