@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from lenet5.config import ABLATION_FACTORS, PROJECT_DIR
+from lenet5.config import ABLATION_FACTORS, NON_SCIENTIFIC_KEYS, PROJECT_DIR
 
 #: The suite's own store, where `python run.py` records runs unless told otherwise.
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
@@ -25,19 +25,8 @@ FACTORS: tuple[str, ...] = tuple(ABLATION_FACTORS)
 #: Labels a run carries besides its factors: the `experiment=` preset and the `variant=` delta.
 LABELS = {"experiment": "ablation.experiment", "delta": "ablation.variant"}
 
-#: Params that do not change what is trained. Mirrors `lenet5.tracking.NON_SCIENTIFIC_KEYS`
-#: (a test keeps them equal), plus the labels and the seed, which are columns of their own.
-NON_SCIENTIFIC_PARAMS = (
-    "tracking",
-    "trainer.progress_bar",
-    "trainer.accelerator",
-    "trainer.devices",
-    "data.root",
-    "data.download",
-    "experiment",
-    "variant",
-    "seed",
-)
+#: Params that do not change what is trained, plus the labels and the seed (columns of their own).
+NON_SCIENTIFIC_PARAMS = (*NON_SCIENTIFIC_KEYS, "experiment", "variant", "seed")
 
 #: Metrics read from each run; the final (last-step) value becomes a column of the same name.
 FINAL_METRICS = ("test_error", "train_error", "val_error", "train_loss", "model_trainable_params")
@@ -73,7 +62,7 @@ def _client(tracking_uri: str) -> MlflowClient:
 
 
 @contextmanager
-def _global_tracking_uri(uri: str) -> Iterator[None]:
+def global_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API (`mlflow.search_runs`) at `uri` for the block only: setting it
     also exports MLFLOW_TRACKING_URI, which processes started later (a sweep's jobs) would inherit."""
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
@@ -106,7 +95,7 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None) -
     """
     client = _client(tracking_uri)
     experiment_id = _experiment_id(client, experiment)
-    with _global_tracking_uri(tracking_uri):
+    with global_tracking_uri(tracking_uri):
         raw = mlflow.search_runs(experiment_ids=[experiment_id], output_format="pandas")
     if sweep_id is not None:
         # A sweep's runs: its own children, plus finished runs of other sweeps that it reused

@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import mlflow
 import nbclient
@@ -20,11 +19,11 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from analysis.report import main, write_report
-from analysis.runs import NON_SCIENTIFIC_PARAMS, ReportError, load_curves, load_runs
+from analysis.runs import ReportError, global_tracking_uri, load_curves, load_runs
 from analysis.stats import factor_table, holm, variant_table
 from lenet5.config import PROJECT_DIR
 from lenet5.presets import preset_factors
-from lenet5.tracking import NON_SCIENTIFIC_KEYS, flatten_config, run_name, run_tags
+from lenet5.tracking import flatten_config, run_name, run_tags
 from lenet5.train import train
 
 from .conftest import compose, small_overrides
@@ -83,21 +82,9 @@ def runs(study):
     return load_runs(study[0], EXPERIMENT)
 
 
-@contextmanager
-def _global_tracking_uri(uri: str):
-    """MLflow's global URI (and the MLFLOW_TRACKING_URI it exports) set for the block only, so
-    that no other test, nor its subprocesses, inherits this module's store."""
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
 def _direct_errors(store: str) -> dict[str, pd.Series]:
     """{variant label: final test error (%) per seed} straight from `mlflow.search_runs`."""
-    with _global_tracking_uri(store):
+    with global_tracking_uri(store):
         raw = mlflow.search_runs(experiment_names=[EXPERIMENT])
     finished = raw[(raw["status"] == "FINISHED") & raw["tags.config_hash"].notna()]
     return {
@@ -125,10 +112,6 @@ def test_one_row_per_finished_training_run(study, runs):
     assert not [column for column in runs.columns if column.startswith(("params.", "tags.", "metrics."))]
 
 
-def test_ignored_params_mirror_the_tracking_module():
-    assert set(NON_SCIENTIFIC_KEYS) | {"experiment", "variant", "seed"} == set(NON_SCIENTIFIC_PARAMS)
-
-
 def test_sweep_filter_keeps_its_children_and_drops_the_parent(study):
     store, run_ids = study
     swept = load_runs(store, EXPERIMENT, sweep_id=SWEEP_ID)
@@ -138,7 +121,7 @@ def test_sweep_filter_keeps_its_children_and_drops_the_parent(study):
 
 def test_load_runs_leaves_the_global_tracking_uri_alone(study, tmp_path):
     elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    with _global_tracking_uri(elsewhere):
+    with global_tracking_uri(elsewhere):
         load_runs(study[0], EXPERIMENT)
         assert mlflow.get_tracking_uri() == elsewhere == os.environ["MLFLOW_TRACKING_URI"]
 

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from lenet5.model.activations import scaled_tanh
 from lenet5.model.c3 import C3_CONNECTION_TABLE, TableConv2d
-from lenet5.model.init import initialize
 from lenet5.model.lenet5 import LeNet5
 from lenet5.model.pooling import Subsampling
 from lenet5.model.rbf import RBFOutput, load_digit_bitmaps

@@ -225,6 +225,11 @@ ABLATION_FACTORS: dict[str, str] = {
 }
 
 
+#: Config keys that do not change what is trained (where it is logged, how it is shown, where
+#: the data lives): left out of the config hash and of the analysis' comparisons.
+NON_SCIENTIFIC_KEYS = ("tracking", "trainer.progress_bar", "trainer.accelerator", "trainer.devices", "data.root", "data.download")
+
+
 def _register() -> None:
     if not OmegaConf.has_resolver("project_dir"):
         OmegaConf.register_new_resolver("project_dir", lambda: str(PROJECT_DIR))

@@ -7,7 +7,6 @@ KILLED on Ctrl-C. Lightning's MLFlowLogger attaches to the run only to send metr
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from contextlib import contextmanager
@@ -22,12 +21,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from .config import ABLATION_FACTORS, select
+from .config import ABLATION_FACTORS, NON_SCIENTIFIC_KEYS, select
 
 #: Short names used in run names, e.g. "paper pool=max act=relu seed=1".
 FACTOR_SHORT_NAMES = {"activation": "act", "activation_at": "act_at", "preprocess": "input"}
-#: Config keys that do not change what is trained (where it is logged, how it is shown).
-NON_SCIENTIFIC_KEYS = ("tracking", "trainer.progress_bar", "trainer.accelerator", "trainer.devices", "data.root", "data.download")
 
 
 def plain_config(cfg: Any) -> dict:
