@@ -9,15 +9,16 @@ from typing import Any
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
+from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from .callbacks import EpochThroughput, SDLMCurvature
 from .config import check_compatible, select
 from .data import MNISTDataModule
+from .distortions import distort
 from .model.counts import counts_table
 from .model.lenet5 import CLASSES
 from .module import LeNet5Module
-from .distortions import distort
 from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .presets import preset_factors
 from .sweep import find_finished, reuse_finished, sweep_context
@@ -42,13 +43,15 @@ warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*
 def make_trainer(cfg: Any, logger) -> L.Trainer:
     if torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+    callbacks: list[L.Callback] = [EpochThroughput()]
+    if select(cfg, "optim.name") == "sdlm":
+        callbacks.append(SDLMCurvature(cfg.optim.curvature_samples, cfg.seed))
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         logger=logger,
-        callbacks=[EpochThroughput()]
-        + ([SDLMCurvature(cfg.optim.curvature_samples, cfg.seed)] if select(cfg, "optim.name") == "sdlm" else []),
+        callbacks=callbacks,
         # "warn": deterministic kernels wherever PyTorch has them (all of them on the CPU),
         # a warning rather than a crash for the few GPU ops that have none.
         deterministic="warn" if cfg.trainer.deterministic else False,
@@ -77,17 +80,15 @@ def log_test_artifacts(run: TrackedRun, cfg: Any, module: LeNet5Module, datamodu
     wrong = (predictions != labels).nonzero().squeeze(1)
     test_error = 100.0 * len(wrong) / len(labels)
     matrix = multiclass_confusion_matrix(predictions, labels, CLASSES)
-    for name, figure in (
-        ("confusion_matrix.png", confusion_matrix_figure(matrix, f"{run.name}: test error {test_error:.2f}%")),
-        (
-            "misclassified_test_digits.png",
-            misclassified_figure(
-                datamodule.splits["test"][0][wrong[: cfg.tracking.misclassified_shown].to(datamodule.splits["test"][0].device)],
-                labels[wrong[: cfg.tracking.misclassified_shown]],
-                predictions[wrong[: cfg.tracking.misclassified_shown]],
-            ),
+    shown = wrong[: cfg.tracking.misclassified_shown]
+    test_images = datamodule.splits["test"][0]
+    figures = {
+        "confusion_matrix.png": confusion_matrix_figure(matrix, f"{run.name}: test error {test_error:.2f}%"),
+        "misclassified_test_digits.png": misclassified_figure(
+            test_images[shown.to(test_images.device)], labels[shown], predictions[shown]
         ),
-    ):
+    }
+    for name, figure in figures.items():
         run.log_figure(figure, name)
         plt.close(figure)
     return test_error
@@ -131,7 +132,7 @@ def train(cfg: Any) -> dict[str, Any]:
 
     with tracked_run(cfg, name, sweep_tags) as run:
         run.log_params(flatten_config(cfg))
-        run.log_text(_to_yaml(cfg), "config.yaml")
+        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         run.log_text(counts.to_csv(index=False), "model_layers.csv")
         run.log_text(counts.to_markdown(index=False), "model_layers.md")
         total = counts.iloc[-1]
@@ -164,7 +165,3 @@ def _result(run_id: str, name: str, test_error: float, cfg: Any) -> dict[str, An
     }
 
 
-def _to_yaml(cfg: Any) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(cfg, resolve=True)
