@@ -70,18 +70,22 @@ def factors_figure(table: pd.DataFrame) -> Figure:
     return figure
 
 
-def learning_curves_figure(curves: pd.DataFrame, runs: pd.DataFrame, metric: str = "test_error") -> Figure:
-    """`metric` per epoch, one line per variant: the mean over its seeds, with a band from the
-    lowest to the highest seed. `curves`: `load_curves`' frame; `runs`: `load_runs`' frame."""
+def learning_curves_figure(curves: pd.DataFrame, runs: pd.DataFrame, metrics: tuple[str, ...] = ("test_error",)) -> Figure:
+    """Each metric per epoch, one line per variant (and metric, when several): the mean over
+    its seeds, with a band from the lowest to the highest seed. `curves`: `load_curves`'
+    frame; `runs`: `load_runs`' frame."""
     figure = Figure(figsize=(8, 5), layout="constrained")
     ax = figure.subplots()
-    points = runs[["run_id", "variant"]].merge(curves[curves["metric"] == metric], on="run_id")
-    for variant, by_variant in points.groupby("variant", sort=False):
-        spread = by_variant.groupby("step")["value"].agg(["mean", "min", "max"])
-        (line,) = ax.plot(spread.index, spread["mean"], marker="o", label=variant)
+    points = runs[["run_id", "variant"]].merge(curves[curves["metric"].isin(metrics)], on="run_id")
+    for (variant, metric), group in points.groupby(["variant", "metric"], sort=False):
+        spread = group.groupby("step")["value"].agg(["mean", "min", "max"])
+        label = variant if len(metrics) == 1 else f"{variant}: {metric.replace('_', ' ')}"
+        (line,) = ax.plot(spread.index, spread["mean"], marker="o", label=label)
         ax.fill_between(spread.index, spread["min"], spread["max"], color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)" if metric.endswith("error") else metric.replace("_", " "))
+    all_errors = all(metric.endswith("error") for metric in metrics)
+    ax.set_ylabel("error (%)" if len(metrics) > 1 and all_errors else
+                  f"{metrics[0].replace('_', ' ')} (%)" if all_errors else metrics[0].replace("_", " "))  # fmt: skip
     if not points.empty:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlim(0.5, points["step"].max() + 0.5)  # epochs are whole: no 0.96 ticks around a single one
