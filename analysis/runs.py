@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from lenet5.config import ABLATION_FACTORS, NON_SCIENTIFIC_KEYS, PROJECT_DIR
+from lenet5.config import ABLATION_FACTORS, NON_SCIENTIFIC_KEYS, PROJECT_DIR, is_scientific_key
 
 #: The suite's own store, where `python run.py` records runs unless told otherwise.
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
@@ -40,11 +40,6 @@ _SEED_SUFFIX = re.compile(r" seed=-?\d+$")
 
 class ReportError(ValueError):
     """A report that cannot be made; the message is one line naming the bad value."""
-
-
-def is_scientific_param(key: str) -> bool:
-    """True for a flattened config key (`optim.lr`) that changes what is trained."""
-    return not any(key == skip or key.startswith(skip + ".") for skip in NON_SCIENTIFIC_PARAMS)
 
 
 def scientific_params(runs: pd.DataFrame) -> list[str]:
@@ -123,7 +118,7 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
     params = [
         column
         for column in raw.columns
-        if column.startswith("params.") and column not in factor_keys and is_scientific_param(column.removeprefix("params."))
+        if column.startswith("params.") and column not in factor_keys and is_scientific_key(column.removeprefix("params."), NON_SCIENTIFIC_PARAMS)
     ]
     frame = pd.DataFrame(
         {

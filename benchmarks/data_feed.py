@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from lenet5.data import PAPER_BACKGROUND, PAPER_FOREGROUND, TensorBatches, load_mnist_split, preprocess
+from lenet5.batches import TensorBatches
+from lenet5.data import PAPER_BACKGROUND, PAPER_FOREGROUND, load_mnist_split, preprocess
 from lenet5.losses import rbf_map_loss
 from lenet5.model.lenet5 import LeNet5
 from lenet5.presets import compose_config

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lenet5.config import ConfigError
-from lenet5.data import MNIST_SHA256, MNISTDataModule, TensorBatches, ensure_mnist, load_mnist_split, preprocess
+from lenet5.batches import TensorBatches
+from lenet5.data import MNIST_SHA256, MNISTDataModule, ensure_mnist, load_mnist_split, preprocess
 
 from .conftest import compose
 

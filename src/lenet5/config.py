@@ -230,6 +230,11 @@ ABLATION_FACTORS: dict[str, str] = {
 NON_SCIENTIFIC_KEYS = ("tracking", "trainer.progress_bar", "trainer.accelerator", "trainer.devices", "data.root", "data.download")
 
 
+def is_scientific_key(key: str, ignored: tuple[str, ...] = NON_SCIENTIFIC_KEYS) -> bool:
+    """True for a flattened config key (`optim.lr`) not under any of `ignored` (`tracking.uri` is)."""
+    return not any(key == skip or key.startswith(skip + ".") for skip in ignored)
+
+
 def _register() -> None:
     if not OmegaConf.has_resolver("project_dir"):
         OmegaConf.register_new_resolver("project_dir", lambda: str(PROJECT_DIR))
@@ -246,6 +251,11 @@ def select(cfg: Any, dotted_key: str) -> Any:
     """Value at `dotted_key` as a plain string for enums (what users type on the command line)."""
     value = OmegaConf.select(cfg, dotted_key)
     return value.value if isinstance(value, enum.Enum) else value
+
+
+def factor_values(cfg: Any) -> dict[str, str]:
+    """{"pool": "subsample", "activation": "scaled_tanh", ...}: the ablation factors of `cfg`."""
+    return {factor: str(select(cfg, key)) for factor, key in ABLATION_FACTORS.items()}
 
 
 def check_compatible(cfg: Any) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterator
 
 import lightning as L
 import torch
 
+from .batches import TensorBatches
 from .config import ConfigError, select
 from .distortions import DistortedBatches
 
@@ -96,33 +96,6 @@ def preprocess(images: torch.Tensor, mode: str) -> torch.Tensor:
     return PAPER_BACKGROUND + x * (PAPER_FOREGROUND - PAPER_BACKGROUND)
 
 
-class TensorBatches:
-    """Batches of (images, labels) sliced from tensors already on the device.
-
-    With `shuffle`, each pass draws a new permutation from its own generator seeded by
-    `seed` (pass k of seed s is the same order on every run and machine).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.images.device)
-            for start in range(0, n, self.batch_size):
-                index = order[start : start + self.batch_size]
-                yield self.images[index], self.labels[index]
-        else:
-            for start in range(0, n, self.batch_size):
-                yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
-
-
 class MNISTDataModule(L.LightningDataModule):
     """Splits: `train` (the first `train_subset` of the images left after the validation
     hold-out), `val` (the last `val_size` training images, if any) and `test` (10,000).
@@ -135,6 +108,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.cfg, self.seed = data_cfg, seed
         self.mode = select(data_cfg, "preprocess")
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.checked = False
 
     @property
     def input_size(self) -> int:
@@ -149,11 +123,13 @@ class MNISTDataModule(L.LightningDataModule):
                 f"{MNIST_TRAIN_SIZE} MNIST training images"
             )
         ensure_mnist(self.cfg.root, self.cfg.download)
+        self.checked = True
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        self.check()
+        if not self.checked:  # prepare() normally checked already: hashing 55 MB once is enough
+            self.check()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         images, labels = load_mnist_split(self.cfg.root, train=True)
         n_val = self.cfg.val_size

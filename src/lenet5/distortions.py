@@ -12,10 +12,12 @@ are served, so the 600,000 images never sit in memory.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .batches import TensorBatches
 
 #: Transform parameters per copy: dx, dy (pixels), scale, squeeze, shear.
 PARAMS = 5
@@ -57,33 +59,29 @@ def distort(images: torch.Tensor, transforms: torch.Tensor, background: float) -
     return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
 
 
-class DistortedBatches:
+class DistortedBatches(TensorBatches):
     """The originals plus `copies` fixed distorted copies of each, shuffled together each pass.
 
-    Same interface as `TensorBatches`: `len()` batches of (images, labels) on the device.
+    Item k of a pass is copy k // N of image k % N (copy 0: the original).
     """
 
     def __init__(self, images, labels, batch_size: int, copies: int, distortion_cfg: Any, background: float, seed: int):
-        self.images, self.labels = images, labels
-        self.batch_size, self.copies, self.background = batch_size, copies, background
-        self.shuffle_generator = torch.Generator().manual_seed(seed)
+        super().__init__(images, labels, batch_size, shuffle=True, seed=seed)
+        self.copies, self.background = copies, background
         transform_generator = torch.Generator().manual_seed(seed + 2)
         # Row c * N + i: the transform of copy c (1-based) of image i.
         self.transforms = draw_transforms(len(labels) * copies, distortion_cfg, transform_generator).to(images.device)
 
-    def __len__(self) -> int:
-        return -(-len(self.labels) * (1 + self.copies) // self.batch_size)
+    @property
+    def size(self) -> int:
+        return len(self.labels) * (1 + self.copies)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.labels)
-        order = torch.randperm(n * (1 + self.copies), generator=self.shuffle_generator).to(self.images.device)
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            image_index, copy = index % n, index // n
-            batch = self.images[image_index]
-            distorted = copy > 0
-            if distorted.any():
-                rows = (copy[distorted] - 1) * n + image_index[distorted]
-                batch = batch.clone()
-                batch[distorted] = distort(batch[distorted], self.transforms[rows], self.background)
-            yield batch, self.labels[image_index]
+        image_index, copy = index % n, index // n
+        images = self.images[image_index]
+        distorted = copy > 0
+        if distorted.any():
+            rows = (copy[distorted] - 1) * n + image_index[distorted]
+            images[distorted] = distort(images[distorted], self.transforms[rows], self.background)
+        return images, self.labels[image_index]

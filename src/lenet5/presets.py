@@ -7,7 +7,7 @@ from functools import lru_cache
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from .config import CONF_DIR, ABLATION_FACTORS, select
+from .config import CONF_DIR, factor_values
 
 
 def compose_config(overrides: list[str], with_hydra: bool = False):
@@ -24,5 +24,4 @@ def preset_factors(experiment: str) -> dict[str, str]:
     """The ablation factors as preset `experiment` sets them ({} for a config of no preset)."""
     if experiment == "custom":
         return {}
-    cfg = compose_config([f"experiment={experiment}"])
-    return {factor: str(select(cfg, key)) for factor, key in ABLATION_FACTORS.items()}
+    return factor_values(compose_config([f"experiment={experiment}"]))

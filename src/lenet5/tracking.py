@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from .config import ABLATION_FACTORS, NON_SCIENTIFIC_KEYS, select
+from .config import factor_values, is_scientific_key
 
 #: Short names used in run names, e.g. "paper pool=max act=relu seed=1".
 FACTOR_SHORT_NAMES = {"activation": "act", "activation_at": "act_at", "preprocess": "input"}
@@ -48,14 +48,9 @@ def config_hash(cfg: Any, *, include_seed: bool = True) -> str:
     kept = {
         key: value
         for key, value in flat.items()
-        if not any(key == skip or key.startswith(skip + ".") for skip in NON_SCIENTIFIC_KEYS)
-        and (include_seed or key != "seed")
+        if is_scientific_key(key) and (include_seed or key != "seed")
     }
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def factor_values(cfg: Any) -> dict[str, str]:
-    return {factor: str(select(cfg, key)) for factor, key in ABLATION_FACTORS.items()}
 
 
 def run_name(cfg: Any, preset_factors: dict[str, str] | None = None) -> str:

@@ -9,13 +9,6 @@ from .c3 import TableConv2d
 from .pooling import Subsampling
 
 
-def _uniform_bound(scheme: str, fan_in: torch.Tensor) -> torch.Tensor:
-    if scheme == "lecun":
-        # Paper, Appendix A: 2.4/F, deliberately without a square root (inputs assumed correlated).
-        return 2.4 / fan_in
-    raise AssertionError(scheme)
-
-
 def _fan_in_by_output(module: nn.Module) -> torch.Tensor | None:
     """Fan-in (inputs per unit, bias excluded) of each output map/unit, or None if not trainable."""
     if isinstance(module, nn.Conv2d):
@@ -51,7 +44,8 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 if p is not None:
                     nn.init.trunc_normal_(p, mean=0.0, std=1.0, a=-2.0, b=2.0)
             continue
-        bound = _uniform_bound(scheme, fan_in)
+        # Paper, Appendix A: 2.4/F, deliberately without a square root (inputs assumed correlated).
+        bound = 2.4 / fan_in
         weight, bias = params
         # Each stored kernel of the C3 table gets the bound of the map it feeds.
         weight_bound = bound[module.out_of_pair] if isinstance(module, TableConv2d) else bound
