@@ -71,6 +71,21 @@ def test_distorted_set_is_originals_plus_fixed_copies(mnist_root):
     assert sum(round(v, 3) in originals for v in first.flatten(1).sum(1).tolist()) >= 50
 
 
+def test_a_pass_can_be_a_fresh_sample_of_the_distorted_set(mnist_root):
+    """data.patterns_per_pass=N: each pass serves N patterns drawn anew, without repeats,
+    from originals and distortions together."""
+    x, y = digits(mnist_root, 50)
+    cfg = compose("data.augment=paper")
+    batches = DistortedBatches(x, y, 16, 3, cfg.data.distortion, -0.1, seed=0, per_pass=60)
+    assert len(batches) == 4  # 60 patterns in batches of 16
+    passes = [torch.cat([b for b, _ in batches]) for _ in range(3)]
+    sums = [p.flatten(1).sum(1).round(decimals=3).tolist() for p in passes]
+    assert all(len(s) == 60 and len(set(s)) == 60 for s in sums)
+    assert len({tuple(sorted(s)) for s in sums}) == 3  # a different sample each pass
+    originals = {round(v, 3) for v in x.flatten(1).sum(1).tolist()}
+    assert any(v not in originals for s in sums for v in s)  # distortions are drawn too
+
+
 def test_paper_distortions_preset_trains_and_logs_the_grid(store):
     result = train(compose("experiment=paper_distortions", "data.distorted_copies=2", *small_overrides(store, subset=500)))
     client = mlflow.MlflowClient(store)

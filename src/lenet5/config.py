@@ -145,6 +145,10 @@ class DataConfig:
     #: Distorted copies of each training image (paper: 9, i.e. 540,000 added to 60,000).
     distorted_copies: int = 9
     distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    #: Training patterns presented per pass, a fresh random sample of the whole training set
+    #: (distortions included) each pass; 0 = every pattern. Lets a schedule defined per pass
+    #: of 60,000 run over the 600,000-pattern distorted set.
+    patterns_per_pass: int = 0
 
 
 @dataclass
@@ -280,6 +284,6 @@ def check_compatible(cfg: Any) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value} must be positive")
-    for key in ("data.train_subset", "data.val_size", "data.test_subset", "loss.j", "data.distorted_copies"):
+    for key in ("data.train_subset", "data.val_size", "data.test_subset", "loss.j", "data.distorted_copies", "data.patterns_per_pass"):
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")

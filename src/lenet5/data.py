@@ -159,9 +159,9 @@ class MNISTDataModule(L.LightningDataModule):
         if select(self.cfg, "augment") == "paper":
             return DistortedBatches(
                 *self.splits["train"], self.cfg.batch_size, self.cfg.distorted_copies,
-                self.cfg.distortion, self.background, seed=self.seed,
+                self.cfg.distortion, self.background, seed=self.seed, per_pass=self.cfg.patterns_per_pass,
             )  # fmt: skip
-        return TensorBatches(*self.splits["train"], self.cfg.batch_size, shuffle=True, seed=self.seed)
+        return TensorBatches(*self.splits["train"], self.cfg.batch_size, shuffle=True, seed=self.seed, per_pass=self.cfg.patterns_per_pass)
 
     def val_dataloader(self) -> list[TensorBatches]:
         return [self.eval_batches(name) for name in self.eval_split_names]

@@ -65,8 +65,8 @@ class DistortedBatches(TensorBatches):
     Item k of a pass is copy k // N of image k % N (copy 0: the original).
     """
 
-    def __init__(self, images, labels, batch_size: int, copies: int, distortion_cfg: Any, background: float, seed: int):
-        super().__init__(images, labels, batch_size, shuffle=True, seed=seed)
+    def __init__(self, images, labels, batch_size: int, copies: int, distortion_cfg: Any, background: float, seed: int, per_pass: int = 0):
+        super().__init__(images, labels, batch_size, shuffle=True, seed=seed, per_pass=per_pass)
         self.copies, self.background = copies, background
         transform_generator = torch.Generator().manual_seed(seed + 2)
         # Row c * N + i: the transform of copy c (1-based) of image i.
