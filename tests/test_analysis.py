@@ -297,8 +297,8 @@ def test_factor_table_along_the_paper_to_modern_path(study):
         ["c3", "table → full", ""],
         ["head+loss", "rbf → softmax, map → cross_entropy", "confounded: head and loss change together"],
         ["init", "lecun → default", ""],
-        # Adam's own lr and momentum come with the optimizer; the batch size does not.
-        ["optim", "sgd → adam", "also differs: data.batch_size (32 → 64)"],
+        # Adam's own lr and schedule come with the optimizer; the batch size does not.
+        ["optim", "sdlm → adam", "also differs: data.batch_size (32 → 64)"],
     ]
     assert table["effect"].tolist() == pytest.approx([-0.95] * 6)
     assert (table["n_pairs"].tolist(), table["n"].tolist()) == ([1] * 6, [2] * 6)
