@@ -26,32 +26,54 @@ from .runs import DEFAULT_TRACKING_URI, ReportError, load_curves, load_runs
 
 
 @dataclass(frozen=True)
-class Published:
-    """What a source reports for one system (errors in %), and where it comes from."""
+class System:
+    """One row of the table: a preset (and a variant of it), what a source published for it
+    (errors in %), and the budget it runs with where the published recipe does not fit one
+    session on a CPU (overrides, stated in the table)."""
 
-    test_error: float | None
+    name: str
+    experiment: str
+    variant: str = "none"
+    budget: tuple[str, ...] = ()
+    test_error: float | None = None
     train_error: float | None = None
     train_error_epoch: int | None = None
     source: str = ""
 
+    def runs(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """This row's finished runs: its preset and variant, trained with its budget."""
+        mine = runs[(runs["experiment"] == self.experiment) & (runs["delta"] == self.variant)]
+        for override in self.budget:
+            key, value = override.split("=", 1)
+            mine = mine[mine[key].astype(str) == value] if key in mine else mine.iloc[:0]
+        return mine
+
 
 #: From ../shared/reference/lenet5-paper.md (accuracies turned into errors).
-PUBLISHED = {
-    "paper": Published(0.95, 0.35, 19, "LeCun et al. 1998, Fig. 5 / section III"),
-    "paper_distortions": Published(0.8, None, None, "LeCun et al. 1998, section III"),
-    "seed001_tutorial": Published(100 - 98.46, 100 - 99.65, 50, "articles/001 (PyTorch tutorial)"),
-    "seed004_tf": Published(None, None, None, "articles/004 (TF tutorial): nothing published"),
-    "modern": Published(None, None, None, "this suite's reference point for the ablation"),
-}
-SYSTEMS = tuple(PUBLISHED)
+SYSTEMS = (
+    System("paper", "paper", test_error=0.95, train_error=0.35, train_error_epoch=19,
+           source="LeCun et al. 1998, Fig. 5 / section III"),
+    # 20 passes over all 600,000 patterns take about an hour a seed on 2 CPU cores; the budget
+    # keeps the paper's 20 passes and their eta schedule, each a fresh 60,000 of the 600,000.
+    System("paper_distortions", "paper_distortions", budget=("data.patterns_per_pass=60000",), test_error=0.8,
+           source="LeCun et al. 1998, section III"),
+    System("seed001_tutorial", "seed001_tutorial", test_error=100 - 98.46, train_error=100 - 99.65, train_error_epoch=50,
+           source="articles/001 (PyTorch tutorial)"),
+    System("seed004_tf", "seed004_tf", source="articles/004 (TF tutorial): nothing published; sigmoid before pooling"),
+    System("seed004_tf_after_pool", "seed004_tf", variant="activation_after_pool",
+           source="articles/004's question: the same with sigmoid after pooling"),
+    System("modern", "modern", source="this suite's reference point for the ablation"),
+)  # fmt: skip
+BY_NAME = {system.name: system for system in SYSTEMS}
 
 
-def run_systems(systems: list[str], seeds: dict[str, int], experiment: str, overrides: list[str]) -> None:
+def run_systems(systems: list[System], seeds: dict[str, int], experiment: str, overrides: list[str]) -> None:
     """One sweep per system over its seeds, through run.py (finished runs are skipped)."""
     for system in systems:
-        seed_list = ",".join(str(s) for s in range(seeds[system]))
-        command = [sys.executable, str(PROJECT_DIR / "run.py"), "-m", f"experiment={system}", f"seed={seed_list}",
-                   f"tracking.experiment={experiment}", "trainer.progress_bar=false", *overrides]  # fmt: skip
+        seed_list = ",".join(str(s) for s in range(seeds[system.name]))
+        command = [sys.executable, str(PROJECT_DIR / "run.py"), "-m", f"experiment={system.experiment}",
+                   f"variant={system.variant}", f"seed={seed_list}", f"tracking.experiment={experiment}",
+                   "trainer.progress_bar=false", *system.budget, *overrides]  # fmt: skip
         print("+", " ".join(command[1:]), flush=True)
         subprocess.run(command, check=True)
 
@@ -64,37 +86,44 @@ def _final(curves: pd.DataFrame, metric: str, step: int | None) -> pd.Series:
     return picked.sort_values("step").groupby("run_id")["value"].last()
 
 
-def reproduction_table(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """One row per system: published test error, the suite's mean +- std over seeds, n, difference;
-    and the same for the training error where a figure was published."""
+def reproduction_table(runs: pd.DataFrame, curves: pd.DataFrame, systems=SYSTEMS) -> pd.DataFrame:
+    """One row per system with runs: published test error, the suite's mean +- std over seeds,
+    n, difference; the same for the training error where a figure was published; and the
+    mean wall time of a run and of a training pass."""
     rows = []
-    for system, published in PUBLISHED.items():
-        mine = runs[(runs["experiment"] == system) & (runs["delta"] == "none")]
+    for system in systems:
+        mine = system.runs(runs)
         if mine.empty:
             continue
         test = mine["test_error"]
-        train = _final(curves[curves["run_id"].isin(mine["run_id"])], "train_error", published.train_error_epoch)
+        own_curves = curves[curves["run_id"].isin(mine["run_id"])]
+        train = _final(own_curves, "train_error", system.train_error_epoch)
+        pass_times = own_curves.loc[own_curves["metric"] == "epoch_time_s", "value"]
+        wall = (mine["end_time"] - mine["start_time"]).dt.total_seconds()
         rows.append(
             {
-                "system": system,
-                "published test error %": published.test_error,
+                "system": system.name,
+                "published test error %": system.test_error,
                 "suite test error %": test.mean(),
                 "std": test.std(ddof=1) if len(test) > 1 else math.nan,
                 "n": len(test),
-                "difference (pp)": test.mean() - published.test_error if published.test_error is not None else math.nan,
-                "published train error %": published.train_error,
+                "difference (pp)": test.mean() - system.test_error if system.test_error is not None else math.nan,
+                "published train error %": system.train_error,
                 "suite train error %": train.mean() if len(train) else math.nan,
-                "train error at epoch": published.train_error_epoch or int(mine["trainer.max_epochs"].astype(int).max()),
-                "source": published.source,
+                "train error at epoch": system.train_error_epoch or int(mine["trainer.max_epochs"].astype(int).max()),
+                "wall time per run (min)": wall.mean() / 60,
+                "time per pass (s)": pass_times.mean() if len(pass_times) else math.nan,
+                "budget": " ".join(system.budget),
+                "source": system.source,
             }
         )
     return pd.DataFrame(rows)
 
 
-def _cell(value, signed: bool = False) -> str:
+def _cell(value, signed: bool = False, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def markdown(table: pd.DataFrame, experiment: str, tracking_uri: str, overrides: list[str]) -> str:
@@ -110,6 +139,9 @@ def markdown(table: pd.DataFrame, experiment: str, tracking_uri: str, overrides:
             "published train error %": [_cell(v) for v in table["published train error %"]],
             "suite train error %": [_cell(v) for v in table["suite train error %"]],
             "at epoch": table["train error at epoch"],
+            "min / run": [f"{v:.1f}" for v in table["wall time per run (min)"]],
+            "s / pass": [_cell(v, digits=1) for v in table["time per pass (s)"]],
+            "budget (not the published recipe)": [f"`{b}`" if b else "" for b in table["budget"]],
             "source": table["source"],
         }
     )
@@ -126,7 +158,7 @@ def markdown(table: pd.DataFrame, experiment: str, tracking_uri: str, overrides:
 
 def fig5_curves(runs: pd.DataFrame, curves: pd.DataFrame):
     """Like the paper's Fig. 5: training and test error against passes for `paper`, mean over seeds."""
-    paper = runs[(runs["experiment"] == "paper") & (runs["delta"] == "none")]
+    paper = BY_NAME["paper"].runs(runs)
     if paper.empty:
         return None
     figure = plots.learning_curves_figure(curves, paper, metrics=("train_error", "test_error"))
@@ -141,28 +173,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.reproduction", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="reproduction")
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(BY_NAME))
     parser.add_argument("--paper-seeds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "results")
     parser.add_argument("--no-train", action="store_true", help="only rebuild the table from the runs in the store")
     args = parser.parse_args(argv)
-    systems = [s for s in args.systems.split(",") if s]
-    unknown = [s for s in systems if s not in PUBLISHED]
+    names = [s for s in args.systems.split(",") if s]
+    unknown = [s for s in names if s not in BY_NAME]
     if unknown:
-        print(f"error: unknown system {unknown[0]}; valid: {', '.join(SYSTEMS)}", file=sys.stderr)
+        print(f"error: unknown system {unknown[0]}; valid: {', '.join(BY_NAME)}", file=sys.stderr)
         return 2
+    systems = [BY_NAME[name] for name in names]
     if not args.no_train:
-        seeds = {s: args.paper_seeds if s == "paper" else args.seeds for s in systems}
+        seeds = {s: args.paper_seeds if s == "paper" else args.seeds for s in names}
         run_systems(systems, seeds, args.experiment, [f"tracking.uri={args.tracking_uri}", *overrides])
     try:
         runs = load_runs(args.tracking_uri, args.experiment)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runs = runs[runs["experiment"].isin(systems)]
-    curves = load_curves(args.tracking_uri, runs["run_id"], metrics=("test_error", "train_error"))
-    table = reproduction_table(runs, curves)
+    runs = runs[runs["experiment"].isin({s.experiment for s in systems})]
+    curves = load_curves(args.tracking_uri, runs["run_id"], metrics=("test_error", "train_error", "epoch_time_s"))
+    table = reproduction_table(runs, curves, systems)
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(table, args.experiment, args.tracking_uri, overrides)
     (args.out / "reproduction.md").write_text(text)

@@ -81,7 +81,7 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None) -
 
     Columns: run_id, run_name, variant (the run name without " seed=N"; a short
     variant_hash suffix where two configurations share a name), variant_hash, seed (int),
-    sweep_id, start_time, experiment and delta (the `experiment=` preset and the `variant=`
+    sweep_id, start_time, end_time, experiment and delta (the `experiment=` preset and the `variant=`
     delta), one column per factor (`FACTORS`), the final test_error, train_error, val_error
     (%, NaN without a validation split), train_loss and model_trainable_params, then every
     scientific param other than the factors under its config key (`optim.lr`, `data.batch_size`,
@@ -128,6 +128,7 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
             "seed": raw["tags.seed"].astype(int),
             "sweep_id": raw["tags.sweep_id"] if "tags.sweep_id" in raw else None,
             "start_time": raw["start_time"],
+            "end_time": raw["end_time"],
             # .get: runs recorded before a factor or label existed lack its tag (NaN here).
             **{label: raw.get(f"tags.{tag}") for label, tag in LABELS.items()},
             **{factor: raw.get(f"tags.ablation.{factor}") for factor in FACTORS},

@@ -6,9 +6,26 @@ import subprocess
 import sys
 
 import mlflow
+import pandas as pd
 import pytest
 
+from analysis.reproduction import BY_NAME
 from lenet5.config import PROJECT_DIR
+
+
+def test_a_row_counts_only_runs_of_its_preset_variant_and_budget():
+    runs = pd.DataFrame(
+        {
+            "run_id": list("abcde"),
+            "experiment": ["paper_distortions"] * 3 + ["seed004_tf"] * 2,
+            "delta": ["none", "none", "none", "none", "activation_after_pool"],
+            "data.patterns_per_pass": ["60000", "0", "60000", "0", "0"],
+        }
+    )
+    assert BY_NAME["paper_distortions"].runs(runs)["run_id"].tolist() == ["a", "c"]
+    assert BY_NAME["seed004_tf"].runs(runs)["run_id"].tolist() == ["d"]
+    assert BY_NAME["seed004_tf_after_pool"].runs(runs)["run_id"].tolist() == ["e"]
+    assert BY_NAME["paper"].runs(runs).empty
 
 
 @pytest.mark.slow
@@ -16,7 +33,7 @@ def test_reproduction_table_comes_from_the_runs(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "analysis.reproduction", "--systems", "paper,modern", "--paper-seeds", "2",
+        [sys.executable, "-m", "analysis.reproduction", "--systems", "paper,modern,seed004_tf_after_pool", "--paper-seeds", "2",
          "--seeds", "1", "--experiment", "repro", "--tracking-uri", store, "--out", str(out), "--",
          "data.train_subset=300", "data.test_subset=300", "trainer.max_epochs=2",
          f"tracking.artifact_root={tmp_path / 'artifacts'}"],
@@ -35,4 +52,7 @@ def test_reproduction_table_comes_from_the_runs(tmp_path):
     assert cells[1] == "0.95" and cells[2].startswith(f"{mean:.2f} ± ") and cells[3] == "2"
     assert cells[4] == f"{mean - 0.95:+.2f}"
     assert any(line.startswith("| modern ") for line in text.splitlines())
+    (after_pool,) = [line for line in text.splitlines() if line.startswith("| seed004_tf_after_pool ")]
+    after_pool = [c.strip() for c in after_pool.strip("|").split("|")]
+    assert after_pool[3] == "1" and float(after_pool[8]) > 0 and float(after_pool[9]) > 0  # n, min / run, s / pass
     assert (out / "fig5_paper_error_vs_passes.png").read_bytes()[:4] == b"\x89PNG"
