@@ -54,5 +54,8 @@ def test_reproduction_table_comes_from_the_runs(tmp_path):
     assert any(line.startswith("| modern ") for line in text.splitlines())
     (after_pool,) = [line for line in text.splitlines() if line.startswith("| seed004_tf_after_pool ")]
     after_pool = [c.strip() for c in after_pool.strip("|").split("|")]
-    assert after_pool[3] == "1" and float(after_pool[8]) > 0 and float(after_pool[9]) > 0  # n, min / run, s / pass
+    assert after_pool[3] == "1" and after_pool[8] == "sgd lr 0.001, batch 200, 2 passes"  # n, recipe as logged
+    csv = pd.read_csv(out / "reproduction.csv").set_index("system")  # unrounded
+    assert csv.loc["seed004_tf_after_pool", "wall time per run (min)"] > 0
+    assert 0 < csv.loc["seed004_tf_after_pool", "time per pass (s)"] < 60 * csv.loc["seed004_tf_after_pool", "wall time per run (min)"]
     assert (out / "fig5_paper_error_vs_passes.png").read_bytes()[:4] == b"\x89PNG"

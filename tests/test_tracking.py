@@ -31,7 +31,7 @@ def test_params_are_the_flattened_config(tracked):
     _, _, run = tracked
     params = run.data.params
     assert params["model.pool"] == "max" and params["model.activation"] == "relu"
-    assert params["optim.name"] == "sgd" and params["loss.name"] == "map" and params["seed"] == "1"
+    assert params["optim.name"] == "sdlm" and params["optim.mu"] == "3.0" and params["loss.name"] == "map" and params["seed"] == "1"
     assert params["trainer.max_epochs"] == "2" and params["data.val_size"] == "500"
 
 
