@@ -148,7 +148,7 @@ def markdown(table: pd.DataFrame, experiment: str, tracking_uri: str, overrides:
             "suite train error %": [_cell(v) for v in table["suite train error %"]],
             "at epoch": table["train error at epoch"],
             "recipe (as logged)": table["recipe"],
-            "min / run": [f"{v:.1f}" for v in table["wall time per run (min)"]],
+            "min / run": [_cell(v, digits=1) for v in table["wall time per run (min)"]],
             "s / pass": [_cell(v, digits=1) for v in table["time per pass (s)"]],
             "budget (not the published recipe)": [f"`{b}`" if b else "" for b in table["budget"]],
             "source": table["source"],
