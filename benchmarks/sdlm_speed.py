@@ -62,5 +62,6 @@ def main() -> None:
               f"+ {statistics.median(fixed[batch_size]):.1f} s fixed a pass -> {full_pass[batch_size]:.0f} s a {PASS:,}-pattern pass")  # fmt: skip
     print(f"mini-batch form ({args.batch_size}) is {full_pass[1] / full_pass[args.batch_size]:.1f}x faster a pass than batch 1")
 
+
 if __name__ == "__main__":
     main()

@@ -11,7 +11,6 @@ from torch.nn.utils.stateless import _reparametrize_module
 from lenet5.model.lenet5 import LeNet5
 from lenet5.optim import make_optimizer, make_schedule
 from lenet5.sdlm import SDLM, gauss_newton_diagonal, paper_eta
-
 from lenet5.train import train
 
 from .conftest import compose, small_overrides
