@@ -28,6 +28,8 @@ def initialize(model: nn.Module, scheme: str) -> None:
     """Re-draw every trainable weight and bias of `model` by `scheme`.
 
     - `lecun`: U(-2.4/F, 2.4/F), F the fan-in of the unit the weight feeds (paper).
+    - `lecun_sqrt`: U(-1/sqrt(F), 1/sqrt(F)) with the same F (C3's per-map fan-in, S2/S4's 4),
+      the square-root rule of LeCun and Bottou's Lush code, on every layer of the paper's network.
     - `default`: PyTorch's own (for conv/linear U(+-1/sqrt(F)) on biases, Kaiming-uniform with
       a=sqrt(5) on weights, which is also U(+-1/sqrt(F)): the rule of LeCun and Bottou's Lush code).
     - `truncated_normal`: N(0, 1) truncated at +-2 for weights and biases (TF tutorial).
@@ -45,7 +47,7 @@ def initialize(model: nn.Module, scheme: str) -> None:
                     nn.init.trunc_normal_(p, mean=0.0, std=1.0, a=-2.0, b=2.0)
             continue
         # Paper, Appendix A: 2.4/F, deliberately without a square root (inputs assumed correlated).
-        bound = 2.4 / fan_in
+        bound = 1 / fan_in.sqrt() if scheme == "lecun_sqrt" else 2.4 / fan_in
         weight, bias = params
         # Each stored kernel of the C3 table gets the bound of the map it feeds.
         weight_bound = bound[module.out_of_pair] if isinstance(module, TableConv2d) else bound
