@@ -16,16 +16,17 @@ from lenet5.config import PROJECT_DIR
 def test_a_row_counts_only_runs_of_its_preset_variant_and_budget():
     runs = pd.DataFrame(
         {
-            "run_id": list("abcdef"),
-            "experiment": ["paper_distortions"] * 3 + ["seed004_tf"] * 3,
-            "delta": ["none", "none", "none", "none", "activation_after_pool", "none"],
-            "data.patterns_per_pass": ["60000", "0", "60000", "0", "0", "60000"],
+            "run_id": list("abcdefg"),
+            "experiment": ["paper_distortions"] * 3 + ["seed004_tf"] * 3 + ["paper_distortions"],
+            "delta": ["none", "none", "none", "none", "activation_after_pool", "none", "none"],
+            # g was logged before the key existed: it trained as the default (0, full passes) does.
+            "data.patterns_per_pass": ["60000", "0", "60000", "0", "0", "60000", None],
         }
     )
     assert BY_NAME["paper_distortions_60k"].runs(runs)["run_id"].tolist() == ["a", "c"]
     # The full protocol and the reduced budget of one preset never share runs, and a row
     # without a budget does not count a run that some budget changed.
-    assert BY_NAME["paper_distortions"].runs(runs)["run_id"].tolist() == ["b"]
+    assert BY_NAME["paper_distortions"].runs(runs)["run_id"].tolist() == ["b", "g"]
     assert BY_NAME["seed004_tf"].runs(runs)["run_id"].tolist() == ["d"]
     assert BY_NAME["seed004_tf_after_pool"].runs(runs)["run_id"].tolist() == ["e"]
     assert BY_NAME["paper"].runs(runs).empty
