@@ -2,7 +2,7 @@
 
 Logged once per epoch, with MLflow step = epochs completed (1, 2, ...): `train_loss`,
 `train_error` (running error over the epoch, %), `test_error` and `val_error` (%, after
-the epoch), `lr`.
+the epoch), `lr` (the rate that epoch trained with).
 """
 
 from __future__ import annotations
@@ -49,13 +49,18 @@ class LeNet5Module(L.LightningModule):
         self.train_accuracy.update(self.model.predict(out.detach()), labels)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning steps epoch-interval schedulers after the epoch's last batch, before
+        # on_train_epoch_end: read the rate here, or the log would show the next epoch's.
+        self.epoch_lr = self.optimizers().param_groups[0]["lr"]
+
     def on_train_epoch_end(self) -> None:
         loss = self.train_loss.compute()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} in epoch {self.current_epoch + 1}")
         self.log("train_loss", loss)
         self.log("train_error", 100.0 * (1.0 - self.train_accuracy.compute()))
-        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        self.log("lr", self.epoch_lr)
         self.log("step", float(self.current_epoch + 1))  # Lightning sends this as the MLflow step
         self.train_loss.reset()
         self.train_accuracy.reset()
