@@ -46,7 +46,8 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 if p is not None:
                     nn.init.trunc_normal_(p, mean=0.0, std=1.0, a=-2.0, b=2.0)
             continue
-        # Paper, Appendix A: 2.4/F, deliberately without a square root (inputs assumed correlated).
+        # Paper, Appendix A: 2.4/F, deliberately without the square root that lecun_sqrt takes
+        # (the paper assumes a unit's inputs are correlated).
         bound = 1 / fan_in.sqrt() if scheme == "lecun_sqrt" else 2.4 / fan_in
         weight, bias = params
         # Each stored kernel of the C3 table gets the bound of the map it feeds.
