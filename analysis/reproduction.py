@@ -50,7 +50,7 @@ class System:
         mine = runs[(runs["experiment"] == self.experiment) & (runs["delta"] == self.variant)]
         for key, value in _budget_values(self.experiment, self.variant, self.budget).items():
             # A run logged before `key` existed trained as its schema default does now.
-            logged = mine[key].fillna(_schema_default(key)) if key in mine else pd.Series(_schema_default(key), mine.index)
+            logged = mine.get(key, pd.Series(None, index=mine.index, dtype=object)).fillna(_schema_default(key))
             mine = mine[logged.astype(str) == value]
         return mine
 

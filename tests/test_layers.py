@@ -109,8 +109,8 @@ def test_initialisation_bounds(scheme):
     if bound_for:
         c3 = model.c3
         for out_map, inputs in enumerate(C3_CONNECTION_TABLE):
-            kernels = c3.weight[c3.out_of_pair == out_map]
-            assert kernels.abs().max() <= bound_for(25 * len(inputs)) and kernels.abs().max() > 0.8 * bound_for(25 * len(inputs))
+            kernels, bound = c3.weight[c3.out_of_pair == out_map], bound_for(25 * len(inputs))
+            assert 0.8 * bound < kernels.abs().max() <= bound
         assert 0.5 * bound_for(4) < model.s2.coefficient.abs().max() <= bound_for(4)
 
 

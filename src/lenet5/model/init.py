@@ -31,7 +31,7 @@ def initialize(model: nn.Module, scheme: str) -> None:
     - `lecun_sqrt`: U(-1/sqrt(F), 1/sqrt(F)) with the same F (C3's per-map fan-in, S2/S4's 4),
       the square-root rule of LeCun and Bottou's Lush code, on every layer of the paper's network.
     - `default`: PyTorch's own (for conv/linear U(+-1/sqrt(F)) on biases, Kaiming-uniform with
-      a=sqrt(5) on weights, which is also U(+-1/sqrt(F)): the rule of LeCun and Bottou's Lush code).
+      a=sqrt(5) on weights, which is also U(+-1/sqrt(F)): `lecun_sqrt` on those layers only).
     - `truncated_normal`: N(0, 1) truncated at +-2 for weights and biases (TF tutorial).
     """
     if scheme == "default":
