@@ -93,11 +93,15 @@ def test_scaled_tanh_constants():
     assert abs(a[second.abs().argmax()].item() - 1.0) < 0.05  # curvature peaks at the targets
 
 
-@pytest.mark.parametrize("scheme", ["lecun", "lecun_sqrt", "truncated_normal"])
-def test_initialisation_bounds(scheme):
+@pytest.mark.parametrize(
+    "scheme,gain",
+    [("lecun", None), ("lecun", 1.0), ("lecun_sqrt", None), ("lecun_sqrt", 2.4), ("truncated_normal", None)],
+)
+def test_initialisation_bounds(scheme, gain):
     torch.manual_seed(0)  # the lower bounds below are near-certain, not certain, for a random draw
-    model = LeNet5(compose(f"model.init={scheme}").model)
-    bound_for = {"lecun": lambda fan_in: 2.4 / fan_in, "lecun_sqrt": lambda fan_in: fan_in**-0.5}.get(scheme)
+    model = LeNet5(compose(f"model.init={scheme}", f"model.init_gain={'null' if gain is None else gain}").model)
+    v = gain or {"lecun": 2.4, "lecun_sqrt": 1.0}.get(scheme)
+    bound_for = {"lecun": lambda fan_in: v / fan_in, "lecun_sqrt": lambda fan_in: v * fan_in**-0.5}.get(scheme)
     fan_ins = {"c1": 25, "c5": 400, "f6": 120}
     for name, fan_in in fan_ins.items():
         weight = getattr(model, name).weight
@@ -112,6 +116,25 @@ def test_initialisation_bounds(scheme):
             kernels, bound = c3.weight[c3.out_of_pair == out_map], bound_for(25 * len(inputs))
             assert 0.8 * bound < kernels.abs().max() <= bound
         assert 0.5 * bound_for(4) < model.s2.coefficient.abs().max() <= bound_for(4)
+
+
+@pytest.mark.parametrize("gain", [None, 2.4])
+def test_lush_initialisation(gain):
+    """Lush's `forget v 2`: weights U(+-v/sqrt(F)), S coefficients exactly v/sqrt(4), biases 0."""
+    torch.manual_seed(0)
+    model = LeNet5(compose("model.init=lush", f"model.init_gain={'null' if gain is None else gain}").model)
+    v = gain or 1.0
+    for pool in (model.s2, model.s4):
+        assert (pool.coefficient == v / 2).all()
+    for name, param in model.named_parameters():
+        if name.endswith("bias"):
+            assert (param == 0).all(), name
+    for name, fan_in in {"c1": 25, "c5": 400, "f6": 120}.items():
+        weight = getattr(model, name).weight
+        assert 0.9 * v / fan_in**0.5 < weight.abs().max() <= v / fan_in**0.5, name
+    c3 = model.c3
+    for out_map, inputs in enumerate(C3_CONNECTION_TABLE):
+        assert c3.weight[c3.out_of_pair == out_map].abs().max() <= v / (25 * len(inputs)) ** 0.5
 
 
 def test_paper_forward_shapes():

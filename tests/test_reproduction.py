@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from analysis.reproduction import BY_NAME
+from analysis.reproduction import BY_NAME, SYSTEMS, carry_over
 from lenet5.config import PROJECT_DIR
 
 
@@ -30,6 +30,18 @@ def test_a_row_counts_only_runs_of_its_preset_variant_and_budget():
     assert BY_NAME["seed004_tf"].runs(runs)["run_id"].tolist() == ["d"]
     assert BY_NAME["seed004_tf_after_pool"].runs(runs)["run_id"].tolist() == ["e"]
     assert BY_NAME["paper"].runs(runs).empty
+
+
+def test_rows_without_runs_in_the_store_are_carried_over_from_the_previous_table(tmp_path):
+    previous = pd.DataFrame({"system": ["paper", "modern", "seed004_tf"], "suite test error %": [1.31, 0.97, 4.39], "n": [5, 3, 3]})
+    previous.to_csv(tmp_path / "reproduction.csv", index=False)
+    fresh = pd.DataFrame({"system": ["paper"], "suite test error %": [0.9], "n": [5]})
+    merged = carry_over(fresh, tmp_path / "reproduction.csv", SYSTEMS).set_index("system")
+    # The fresh paper row wins over the old one; the rows with no runs here come back, marked, in SYSTEMS order.
+    assert merged.loc["paper", "suite test error %"] == 0.9 and merged.loc["paper", "from"] == "this store"
+    assert merged.loc["modern", "from"] == "previous table" and merged.loc["modern", "suite test error %"] == 0.97
+    assert list(merged.index) == ["paper", "seed004_tf", "modern"]
+    assert carry_over(fresh, tmp_path / "absent.csv", SYSTEMS)["system"].tolist() == ["paper"]
 
 
 @pytest.mark.slow

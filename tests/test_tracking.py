@@ -58,10 +58,10 @@ def test_metrics_per_epoch_with_epoch_as_step(tracked):
 
 
 def test_logged_lr_is_the_rate_each_epoch_trained_with(store):
-    # The paper's eta drops from 5e-4 to 2e-4 after pass 2 (SDLM's mini-batch form takes 32 x eta).
+    # The paper's per-pattern eta drops from 5e-4 to 2e-4 after pass 2.
     result = train(compose("seed=0", *small_overrides(store, subset=64), "trainer.max_epochs=3"))
     history = mlflow.MlflowClient(store).get_metric_history(result["run_id"], "lr")
-    assert {m.step: m.value for m in history} == pytest.approx({1: 32 * 5e-4, 2: 32 * 5e-4, 3: 32 * 2e-4})
+    assert {m.step: m.value for m in history} == pytest.approx({1: 5e-4, 2: 5e-4, 3: 2e-4})
 
 
 def test_artifacts(tracked, tmp_path):

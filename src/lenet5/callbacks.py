@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import matplotlib.pyplot as plt
 import torch
 
-from .sdlm import gauss_newton_diagonal
+from .plots import sdlm_steps_figure
+from .sdlm import PAPER_PASS1_STEPS, SDLM, gauss_newton_diagonal
 
 
 class EpochThroughput(L.Callback):
@@ -30,16 +32,73 @@ class EpochThroughput(L.Callback):
 
 
 class SDLMCurvature(L.Callback):
-    """Before each pass, re-estimate SDLM's h_kk on `samples` training patterns drawn at
-    random (seeded) from the training split, as the paper does (Appendix C)."""
+    """Keeps SDLM's h_kk current and reports the steps it gives.
 
-    def __init__(self, samples: int, seed: int):
-        self.samples = samples
+    h_kk is re-estimated before each pass on `samples` training patterns drawn at random
+    (seeded) from the training split, as the paper does (Appendix C); with `every` > 0 also
+    after every `every` patterns within the pass (EBLearn); with `gamma` > 0 each batch's own
+    curvature is blended in before its update (SN2.8's running average; a batch of B patterns
+    blends with weight 1 - (1 - gamma)^B, B pattern-by-pattern blends taken at one point).
+
+    Telemetry, per pass (MLflow step = pass), once h_kk is estimated at its start:
+    `sdlm/step_{min,median,max}/<layer>` of the per-pattern effective step eta/(mu + h_kk)
+    and `sdlm/h_below_mu_pct/<layer>` (share of h_kk below mu, %), for each layer and `all`;
+    a histogram of the steps per layer for pass 1 and the last pass (`sdlm_steps_pass<k>.png`).
+    """
+
+    def __init__(self, samples: int, seed: int, every: int = 0, gamma: float = 0.0):
+        self.samples, self.every, self.gamma = samples, every, gamma
         self.generator = torch.Generator().manual_seed(seed + 1)  # not the shuffling stream
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+    def _estimate(self, trainer: L.Trainer, pl_module, images: torch.Tensor, weight: float = 1.0) -> None:
+        diagonal = gauss_newton_diagonal(pl_module.model, images)
+        by_param = {param: diagonal[name] for name, param in pl_module.model.named_parameters() if name in diagonal}
+        trainer.optimizers[0].set_curvature(by_param, weight)
+
+    def _estimate_on_sample(self, trainer: L.Trainer, pl_module) -> None:
         images, _ = trainer.datamodule.splits["train"]
         index = torch.randperm(len(images), generator=self.generator)[: self.samples].to(images.device)
-        diagonal = gauss_newton_diagonal(pl_module.model, images[index])
-        by_param = {param: diagonal[name] for name, param in pl_module.model.named_parameters() if name in diagonal}
-        trainer.optimizers[0].set_curvature(by_param)
+        self._estimate(trainer, pl_module, images[index])
+        self.patterns_since_estimate = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._estimate_on_sample(trainer, pl_module)
+        pass_number = trainer.current_epoch + 1
+        steps = layer_steps(pl_module.model, trainer.optimizers[0])
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(step_telemetry(steps), step=pass_number)
+            if pass_number in (1, trainer.max_epochs):
+                figure = sdlm_steps_figure({layer: s for layer, (s, _) in steps.items()}, pass_number, PAPER_PASS1_STEPS)
+                trainer.logger.experiment.log_figure(trainer.logger.run_id, figure, f"sdlm_steps_pass{pass_number:02d}.png")
+                plt.close(figure)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        images, _ = batch
+        if self.every and self.patterns_since_estimate >= self.every:
+            self._estimate_on_sample(trainer, pl_module)
+        if self.gamma > 0:
+            self._estimate(trainer, pl_module, images, weight=1 - (1 - self.gamma) ** len(images))
+        self.patterns_since_estimate += len(images)
+
+
+def layer_steps(model: torch.nn.Module, optimizer: SDLM) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer ("c1", "s2", ...): (effective steps eta/(mu + h_kk), h_kk below mu (bool))},
+    each flattened over the layer's weights and biases."""
+    steps, mu = optimizer.effective_steps(), optimizer.param_groups[0]["mu"]
+    by_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for name, param in model.named_parameters():
+        h = optimizer.state[param].get("h", torch.zeros_like(param))
+        by_layer.setdefault(name.split(".")[0], []).append((steps[param].flatten(), (h < mu).flatten()))
+    return {layer: (torch.cat([s for s, _ in pairs]), torch.cat([b for _, b in pairs])) for layer, pairs in by_layer.items()}
+
+
+def step_telemetry(steps: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """The metrics of `layer_steps`' output: min/median/max step and % of h_kk below mu, per layer and `all`."""
+    everything = (torch.cat([s for s, _ in steps.values()]), torch.cat([b for _, b in steps.values()]))
+    metrics = {}
+    for layer, (step, below) in {**steps, "all": everything}.items():
+        metrics[f"sdlm/step_min/{layer}"] = step.min().item()
+        metrics[f"sdlm/step_median/{layer}"] = step.median().item()
+        metrics[f"sdlm/step_max/{layer}"] = step.max().item()
+        metrics[f"sdlm/h_below_mu_pct/{layer}"] = 100.0 * below.float().mean().item()
+    return metrics

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -61,7 +61,8 @@ class Head(str, enum.Enum):
 
 class Init(str, enum.Enum):
     lecun = "lecun"  # paper: U(-2.4/F, 2.4/F)
-    lecun_sqrt = "lecun_sqrt"  # LeCun and Bottou's Lush code: U(-1/sqrt(F), 1/sqrt(F))
+    lecun_sqrt = "lecun_sqrt"  # U(-1/sqrt(F), 1/sqrt(F)), biases too
+    lush = "lush"  # LeCun and Bottou's Lush code: U(+-1/sqrt(F)) weights, S coefficients 0.5, biases 0
     default = "default"  # PyTorch's own
     truncated_normal = "truncated_normal"  # TF tutorial: N(0, 1) truncated at 2 std, biases too
 
@@ -108,6 +109,9 @@ class ModelConfig:
     c3: C3 = C3.table
     head: Head = Head.rbf
     init: Init = Init.lecun
+    #: Numerator v of the init bound (v/F for lecun, v/sqrt(F) for lecun_sqrt and lush);
+    #: null = the rule's own (2.4 for lecun, 1 for the others).
+    init_gain: Optional[float] = None
     # Geometry knobs that make the tutorial systems presets of the same builder.
     c1_kernel: int = 5
     c1_padding: int = 0
@@ -170,6 +174,12 @@ class OptimConfig:
     #: SDLM: damping mu of eta / (mu + h_kk), and patterns used to re-estimate h_kk before each pass.
     mu: float = 0.02
     curvature_samples: int = 500
+    #: SDLM: also re-estimate h_kk every N training patterns within a pass (EBLearn: 4,000);
+    #: 0 = only before each pass (paper).
+    curvature_every: int = 0
+    #: SDLM: > 0 keeps h_kk as SN2.8's running average, h <- gamma * (each pattern's own
+    #: curvature) + (1 - gamma) * h, blended in before that pattern's update (SN2.8: 0.05).
+    curvature_gamma: float = 0.0
     #: `step` schedule: multiply the rate by `gamma` every `step_epochs` epochs.
     step_epochs: int = 5
     gamma: float = 0.5

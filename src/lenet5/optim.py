@@ -11,11 +11,11 @@ from .sdlm import SDLM, paper_eta
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg: Any, batch_size: int = 1) -> torch.optim.Optimizer:
-    """`batch_size` matters only to SDLM: with the batch-mean loss, its mini-batch form takes
+    """`batch_size` matters only to SDLM: with the batch-mean loss, its mini-batch form steps by
     batch_size x eta, i.e. the sum of the paper's per-pattern steps taken at one point."""
     name = select(optim_cfg, "name")
     if name == "sdlm":
-        return SDLM(params, lr=optim_cfg.lr * batch_size, mu=optim_cfg.mu)
+        return SDLM(params, lr=optim_cfg.lr, mu=optim_cfg.mu, patterns_per_update=batch_size)
     if name == "sgd":
         return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay)
     if name == "adam":

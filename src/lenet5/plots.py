@@ -57,3 +57,22 @@ def distortions_figure(originals: torch.Tensor, distorted: torch.Tensor):
         axes[0, c].set_title(f"copy {c}", fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def sdlm_steps_figure(steps_by_layer: dict[str, torch.Tensor], pass_number: int, paper_range: tuple[float, float]):
+    """Histogram of SDLM's per-pattern effective steps eta/(mu + h_kk) (log10 axis), one row
+    per layer, with the paper's pass-1 range shaded."""
+    fig, axes = plt.subplots(len(steps_by_layer), 1, figsize=(6, 1.1 * len(steps_by_layer) + 0.8), dpi=110, sharex=True)
+    every = torch.cat([s.flatten() for s in steps_by_layer.values()]).log10()
+    bins = np.linspace(min(every.min().item(), np.log10(paper_range[0])) - 0.2,
+                       max(every.max().item(), np.log10(paper_range[1])) + 0.2, 61)  # fmt: skip
+    for ax, (layer, steps) in zip(np.atleast_1d(axes), steps_by_layer.items()):
+        ax.axvspan(*np.log10(paper_range), color="tab:green", alpha=0.15)
+        ax.hist(steps.flatten().log10().cpu().numpy(), bins=bins, color="tab:blue")
+        ax.set_yscale("log")
+        ax.set_ylabel(layer, rotation=0, ha="right", va="center")
+    np.atleast_1d(axes)[-1].set_xlabel("log10 effective step eta/(mu + h_kk), per pattern")
+    fig.suptitle(f"SDLM steps at the start of pass {pass_number} (shaded: the paper's pass-1 range "
+                 f"{paper_range[0]:g} to {paper_range[1]:g})", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig

@@ -27,6 +27,9 @@ from .model.lenet5 import LeNet5
 PAPER_ETA = ((2, 5e-4), (5, 2e-4), (8, 1e-4), (12, 5e-5))
 PAPER_ETA_AFTER = 1e-5
 PAPER_MU = 0.02
+#: Paper, section III: the effective steps eta/(mu + h_kk) of the first pass ranged from about
+#: 7e-5 to 0.016 over the parameters.
+PAPER_PASS1_STEPS = (7e-5, 0.016)
 
 
 def paper_eta(pass_number: int) -> float:
@@ -102,18 +105,38 @@ def gauss_newton_diagonal(model: LeNet5, images: torch.Tensor) -> dict[str, torc
 
 
 class SDLM(torch.optim.Optimizer):
-    """w_k <- w_k - lr / (mu + h_kk) * grad_k; `lr` is the paper's eta (times the batch size
-    in the mini-batch form, see module.py). h_kk comes from `set_curvature` (zero until then,
-    which makes the first step plain SGD with rate lr/mu)."""
+    """w_k <- w_k - B * lr / (mu + h_kk) * grad_k.
 
-    def __init__(self, params, lr: float, mu: float = PAPER_MU):
-        super().__init__(params, {"lr": lr, "mu": mu})
+    `lr` is the paper's per-pattern eta (what the schedule sets and the run logs). With the
+    batch-mean loss over B = `patterns_per_update` patterns, the B factor makes one update the
+    sum of the paper's B per-pattern steps taken at one point (the mini-batch form; B = 1 is
+    the paper's pure stochastic form). h_kk comes from `set_curvature` (zero until then,
+    which makes a step plain SGD with rate B * lr / mu).
+    """
 
-    def set_curvature(self, curvature_by_param: dict[torch.nn.Parameter, torch.Tensor]) -> None:
+    def __init__(self, params, lr: float, mu: float = PAPER_MU, patterns_per_update: int = 1):
+        super().__init__(params, {"lr": lr, "mu": mu, "patterns_per_update": patterns_per_update})
+
+    def set_curvature(self, curvature_by_param: dict[torch.nn.Parameter, torch.Tensor], weight: float = 1.0) -> None:
+        """h <- (1 - weight) * h + weight * new: `weight` 1 replaces h (the paper's estimate
+        before each pass), a smaller one blends the new estimate into a running average (SN2.8)."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p in curvature_by_param:
-                    self.state[p]["h"] = curvature_by_param[p].detach().to(p.device, p.dtype).clone()
+                if p not in curvature_by_param:
+                    continue
+                new = curvature_by_param[p].detach().to(p.device, p.dtype)
+                old = self.state[p].get("h")
+                self.state[p]["h"] = new.clone() if old is None or weight >= 1 else old.mul_(1 - weight).add_(new, alpha=weight)
+
+    def effective_steps(self) -> dict[torch.nn.Parameter, torch.Tensor]:
+        """eta / (mu + h_kk) per parameter, per pattern (the quantity the paper quotes for its
+        first pass, 7e-5 to 0.016), with the group's current eta; h_kk = 0 where none is set."""
+        steps = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                h = self.state[p].get("h")
+                steps[p] = group["lr"] / (group["mu"] + (h if h is not None else torch.zeros_like(p)))
+        return steps
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -127,5 +150,5 @@ class SDLM(torch.optim.Optimizer):
                     continue
                 h = self.state[p].get("h")
                 denominator = group["mu"] + (h if h is not None else torch.zeros_like(p))
-                p.addcdiv_(p.grad, denominator, value=-group["lr"])
+                p.addcdiv_(p.grad, denominator, value=-group["lr"] * group["patterns_per_update"])
         return loss

@@ -45,7 +45,8 @@ def make_trainer(cfg: Any, logger) -> L.Trainer:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
     callbacks: list[L.Callback] = [EpochThroughput()]
     if select(cfg, "optim.name") == "sdlm":
-        callbacks.append(SDLMCurvature(cfg.optim.curvature_samples, cfg.seed))
+        optim = cfg.optim
+        callbacks.append(SDLMCurvature(optim.curvature_samples, cfg.seed, optim.curvature_every, optim.curvature_gamma))
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,

@@ -54,7 +54,7 @@ class LeNet5(nn.Module):
             self.output = RBFOutput()
         else:
             self.output = nn.Linear(model_cfg.f6_width, CLASSES)
-        initialize(self, choice("init"))
+        initialize(self, choice("init"), model_cfg.init_gain)
 
     def _c5_area(self, model_cfg: Any) -> int:
         """Spatial area of C5's output, found by running C1-C5 on a blank image."""
