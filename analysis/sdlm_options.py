@@ -5,7 +5,7 @@ and where training ended.
 
 Reads every FINISHED SDLM run of the experiment (MLflow) and writes one row per run: the
 settings (init and its gain, mu, batch size, curvature sample size, re-estimate period,
-running-average gamma, MAP constant j, passes), the per-pattern effective steps
+running-average gamma, MAP constant j, training images (0: all), passes), the per-pattern effective steps
 eta/(mu + h_kk) at the start of pass 1 (min and max over every parameter, and the share of
 h_kk below mu), the share of h_kk below mu at the last pass with the layer where it is
 highest (how a run that came apart did so), and the errors: validation (what choices are
@@ -34,6 +34,7 @@ SETTINGS = {
     "optim.curvature_every": "h every",
     "optim.curvature_gamma": "gamma",
     "loss.j": "j",
+    "data.train_subset": "images",
     "trainer.max_epochs": "passes",
 }
 LAYERS = ("c1", "s2", "c3", "s4", "c5", "f6")
@@ -49,7 +50,9 @@ def _at(curves: pd.DataFrame, run_id: str, metric: str, step: int | None = None)
 
 def options_table(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for _, run in runs[runs["optim"] == "sdlm"].iterrows():
+    # A configuration trained twice (same settings, same seed) counts once: its latest run.
+    sdlm = runs[runs["optim"] == "sdlm"].drop_duplicates(["variant_hash", "seed"], keep="last")
+    for _, run in sdlm.iterrows():
         rid, last = run["run_id"], int(run["trainer.max_epochs"])
         below_last = {layer: _at(curves, rid, f"sdlm/h_below_mu_pct/{layer}", last) for layer in LAYERS}
         worst = max(below_last, key=lambda layer: below_last[layer])
@@ -81,7 +84,8 @@ def markdown(table: pd.DataFrame, experiment: str) -> str:
     for column in ("pass-1 h<mu %", "last-pass h<mu %"):
         shown[column] = shown[column].map(lambda v: f"{v:.1f}")
     for column in ("val error %", "train error %", "test error %"):
-        shown[column] = shown[column].map(lambda v: f"{v:.2f}")
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    shown["gain"] = shown["gain"].map(lambda v: "rule's" if v in (None, "None") else v)
     low, high = PAPER_PASS1_STEPS
     return "\n".join(
         [

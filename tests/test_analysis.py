@@ -48,7 +48,7 @@ def study(tmp_path_factory):
     parent (its sweep holds the none and pool_max runs), a FAILED copy of a run, and an
     experiment holding only a FAILED run. Returns (tracking URI, {delta: {seed: run_id}})."""
     store = f"sqlite:///{tmp_path_factory.mktemp('analysis') / 'mlflow.db'}"
-    common = ["experiment=paper", "optim=adam", "optim.lr=0.003", *small_overrides(store, EXPERIMENT, subset=500)]
+    common = ["experiment=paper", "optim=adam", "optim.lr=0.003", "data.batch_size=32", *small_overrides(store, EXPERIMENT, subset=500)]
     run_ids = {
         delta: {
             seed: train(compose(*common, f"variant={delta}", f"seed={seed}", "data.test_subset=500"))["run_id"]
@@ -296,9 +296,9 @@ def test_factor_table_along_the_paper_to_modern_path(study):
         ["activation+activation_at", "scaled_tanh → relu, both → before_pool", "confounded: activation and activation_at change together"],
         ["c3", "table → full", ""],
         ["head+loss", "rbf → softmax, map → cross_entropy", "confounded: head and loss change together"],
-        ["init", "lecun → default", ""],
+        ["init", "lush → default", ""],
         # Adam's own lr and schedule come with the optimizer; the batch size does not.
-        ["optim", "sdlm → adam", "also differs: data.batch_size (32 → 64)"],
+        ["optim", "sdlm → adam", "also differs: data.batch_size (4 → 64)"],
     ]
     assert table["effect"].tolist() == pytest.approx([-0.95] * 6)
     assert (table["n_pairs"].tolist(), table["n"].tolist()) == ([1] * 6, [2] * 6)
