@@ -23,7 +23,7 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-MNIST_TRAIN_SIZE = 60_000
+MNIST_TRAIN_SIZE, MNIST_TEST_SIZE = 60_000, 10_000
 
 #: Paper, section II.B: background -0.1 and foreground 1.175, so the mean is about 0 and the
 #: variance about 1; the 28x28 digit is centred in a 32x32 field.

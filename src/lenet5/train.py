@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from .callbacks import EpochThroughput, SDLMCurvature
-from .config import check_compatible, select
+from .config import select
 from .data import MNISTDataModule
 from .distortions import distort
 from .model.counts import counts_table
@@ -22,12 +22,19 @@ from .module import LeNet5Module
 from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .presets import preset_factors
 from .sweep import find_finished, reuse_finished, sweep_context
-from .tracking import TrackedRun, config_hash, flatten_config, run_name, tracked_run
+from .tracking import TrackedRun, check_store, config_hash, flatten_config, run_name, tracked_run
+from .validate import check_config
 
 
-def prepare(cfg: Any, check_data: bool = True) -> tuple[MNISTDataModule, LeNet5Module]:
-    """Everything that can reject a config (ConfigError), run before anything is recorded or trained."""
-    check_compatible(cfg)
+def prepare(cfg: Any, check_data: bool = True, check_tracking: bool = True) -> tuple[MNISTDataModule, LeNet5Module]:
+    """Everything that can reject a config (ConfigError), run before anything is recorded or trained.
+
+    `check_data` hashes the MNIST files, `check_tracking` probes the MLflow store; a caller
+    checking many jobs of one sweep does each once.
+    """
+    check_config(cfg)
+    if check_tracking:
+        check_store(str(cfg.tracking.uri), str(cfg.tracking.experiment))
     datamodule = MNISTDataModule(cfg.data, seed=cfg.seed)
     if check_data:
         datamodule.check()
