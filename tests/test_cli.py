@@ -30,6 +30,7 @@ def test_paper_check_command_records_the_run(tmp_path):
     assert run.data.metrics["model_connections"] == 340908
     assert "test_error" in run.data.metrics
     assert run.data.tags["ablation.head"] == "rbf" and run.data.tags["ablation.pool"] == "subsample"
+    assert run.data.tags["mlflow.source.name"] == "run.py"
 
 
 BAD_INPUTS = [

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from .config import ConfigError, factor_values, is_scientific_key
+from .provenance import source_tags
 
 #: Short names used in run names, e.g. "paper pool=max act=relu seed=1".
 FACTOR_SHORT_NAMES = {"activation": "act", "activation_at": "act_at", "preprocess": "input"}
@@ -185,15 +186,23 @@ def _check_server(uri: str) -> None:
         ) from None
 
 
+#: MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds
+#: model training ("custom_model_development"; the alternative is "genai_development").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
     """The id of experiment `name`, created if needed (artifacts under `artifact_root` for a
     local store; a server decides for itself). Safe when several processes race to create it."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the suite set it: same view
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_TAGS[EXPERIMENT_KIND_TAG])
         return experiment.experiment_id
     location = Path(artifact_root).expanduser().resolve().as_uri() if artifact_root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -238,6 +247,9 @@ class TrackedRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def log_inputs(self, datasets: list) -> None:
+        self.client.log_inputs(self.run_id, datasets=datasets)
+
 
 @contextmanager
 def tracked_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
@@ -246,7 +258,7 @@ def tracked_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None) -
     client = MlflowClient(tracking_uri=uri)
     artifact_root = None if is_remote(uri) else cfg.tracking.artifact_root
     experiment_id = get_or_create_experiment(client, cfg.tracking.experiment, artifact_root)
-    tags = {**run_tags(cfg), **(extra_tags or {})}
+    tags = {**run_tags(cfg), **source_tags(), **(extra_tags or {})}
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     tracked = TrackedRun(client, run.info.run_id, cfg.tracking.experiment, uri, name)
     try:

@@ -14,13 +14,14 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from .callbacks import EpochThroughput, SDLMCurvature
 from .config import select
-from .data import MNISTDataModule
+from .data import MNISTDataModule, raw_folder
 from .distortions import distort
 from .model.counts import counts_table
 from .model.lenet5 import CLASSES
 from .module import LeNet5Module
 from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .presets import preset_factors
+from .provenance import mnist_inputs
 from .sweep import find_finished, reuse_finished, sweep_context
 from .tracking import TrackedRun, check_store, config_hash, flatten_config, run_name, tracked_run
 from .validate import check_config
@@ -140,6 +141,7 @@ def train(cfg: Any) -> dict[str, Any]:
     with tracked_run(cfg, name, sweep_tags) as run:
         run.log_params(flatten_config(cfg))
         run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        run.log_inputs(mnist_inputs(raw_folder(cfg.data.root), datamodule.split_rows()))
         run.log_text(counts.to_csv(index=False), "model_layers.csv")
         run.log_text(counts.to_markdown(index=False), "model_layers.md")
         total = counts.iloc[-1]
