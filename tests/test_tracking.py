@@ -7,8 +7,10 @@ import subprocess
 
 import mlflow
 import pytest
+import torch
 
 from lenet5.config import PROJECT_DIR
+from lenet5.data import MNISTDataModule
 from lenet5.provenance import mnist_inputs
 from lenet5.tracking import get_or_create_experiment
 from lenet5.train import train
@@ -22,8 +24,10 @@ FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", 
 def tracked(tmp_path_factory):
     store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     overrides = [*small_overrides(store, experiment="tracking"), "trainer.max_epochs=2", "data.val_size=500"]
-    result = train(compose("model.pool=max", "model.activation=relu", "seed=1", *overrides))
+    cfg = compose("model.pool=max", "model.activation=relu", "seed=1", *overrides)
+    result = train(cfg)
     client = mlflow.MlflowClient(store)
+    result["cfg"] = cfg
     return result, client, client.get_run(result["run_id"])
 
 
@@ -135,3 +139,23 @@ def test_dataset_digest_follows_the_images_not_the_run(tracked, tmp_path):
     other = mnist_inputs(raw, {"test": (False, 0, 999)})[0].dataset.digest
     assert same == logged["test"]  # another folder, same rows of the same files
     assert other != same
+
+
+def test_final_network_is_logged_and_reproduces_the_test_error(tracked):
+    result, _, run = tracked
+    uri = f"runs:/{run.info.run_id}/model"
+    mlflow.set_tracking_uri(result["tracking_uri"])
+    try:
+        network = mlflow.pytorch.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    datamodule = MNISTDataModule(result["cfg"].data, seed=1)
+    datamodule.setup()
+    wrong = total = 0
+    with torch.no_grad():
+        for images, labels in datamodule.eval_batches("test"):
+            wrong += (network.predict(network(images)) != labels).sum().item()
+            total += len(labels)
+    assert total == 1000
+    assert 100.0 * wrong / total == result["test_error"]
+    assert run.data.metrics["test_error"] == pytest.approx(100.0 * wrong / total, abs=1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -217,6 +218,14 @@ class _MetricsOnlyMLFlowLogger(MLFlowLogger):
         pass
 
 
+class _DropPickleWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Pickle or CloudPickle" not in record.getMessage()
+
+
+_DROP_PICKLE_WARNING = _DropPickleWarning()
+
+
 @dataclass
 class TrackedRun:
     client: MlflowClient
@@ -249,6 +258,37 @@ class TrackedRun:
 
     def log_inputs(self, datasets: list) -> None:
         self.client.log_inputs(self.run_id, datasets=datasets)
+
+    def log_model(self, model, input_example, name: str = "model") -> None:
+        """Log a torch network as an MLflow model of this run (`runs:/<run id>/model`).
+
+        `input_example` is a numpy batch, e.g. (1, 1, 32, 32) float32; MLflow derives the
+        signature from it. This run is not MLflow's fluent active run, so the LoggedModel is
+        created here in the run's experiment (mlflow.pytorch.log_model alone would put it in
+        the process's current experiment, "Default"), and the tracking URI that log_model
+        reads from the process is set for the call and restored.
+        """
+        import mlflow.pytorch
+        import torch
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        run = self.client.get_run(self.run_id)
+        logged = self.client.create_logged_model(
+            run.info.experiment_id, name=name, source_run_id=self.run_id, params=run.data.params
+        )
+        # The suite chose pickle on purpose (above); MLflow's warning about it on every run is noise.
+        logging.getLogger("mlflow.pytorch").addFilter(_DROP_PICKLE_WARNING)  # one object: added once
+        # MLflow's own context manager: set_tracking_uri(get_tracking_uri()) would not restore
+        # "unset" (it also exports MLFLOW_TRACKING_URI to every later subprocess).
+        with _use_tracking_uri(self.tracking_uri):
+            mlflow.pytorch.log_model(
+                model, name=name, input_example=input_example, run_id=self.run_id, model_id=logged.model_id,
+                # MLflow 3's default ("pt2", torch.export) loads back a traced graph without the
+                # network's layers and methods (predict, C1 ... F6), which the suite reads.
+                serialization_format="pickle",
+                # Stated rather than inferred: inference loads the model in a subprocess (seconds).
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )  # fmt: skip
 
 
 @contextmanager

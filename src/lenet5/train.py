@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any
@@ -116,6 +117,14 @@ def log_distortions(run: TrackedRun, datamodule: MNISTDataModule, rows: int = 6)
     plt.close(figure)
 
 
+def log_network(run: TrackedRun, module: LeNet5Module, datamodule: MNISTDataModule) -> None:
+    """The trained network as the run's MLflow model, on the CPU (loadable without a GPU),
+    with the first test image, preprocessed, as its input example ((1, 1, S, S) float32)."""
+    network = copy.deepcopy(module.model).cpu().eval()
+    example = datamodule.splits["test"][0][:1].cpu().numpy()
+    run.log_model(network, example)
+
+
 def train(cfg: Any) -> dict[str, Any]:
     """Train the variant `cfg` describes and record it as one MLflow run.
 
@@ -155,6 +164,7 @@ def train(cfg: Any) -> dict[str, Any]:
         test_error = log_test_artifacts(run, cfg, module, datamodule)
         if select(cfg, "data.augment") == "paper":
             log_distortions(run, datamodule)
+        log_network(run, module, datamodule)
 
     print(
         f"\n{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs "
