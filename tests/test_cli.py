@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import mlflow
 import pytest
+import torch
 
+from lenet5.cli import main
 from lenet5.config import PROJECT_DIR
 
 from .conftest import run_cli, small_overrides
@@ -26,6 +30,7 @@ def test_paper_check_command_records_the_run(tmp_path):
     assert run.data.metrics["model_connections"] == 340908
     assert "test_error" in run.data.metrics
     assert run.data.tags["ablation.head"] == "rbf" and run.data.tags["ablation.pool"] == "subsample"
+    assert run.data.tags["mlflow.source.name"] == "run.py"
 
 
 BAD_INPUTS = [
@@ -37,7 +42,20 @@ BAD_INPUTS = [
     (["data.root=/nonexistent", "data.download=false"], ["/nonexistent/MNIST/raw/", "data.root"]),
     (["-m", "seed=0,1", "model.activation=scaled_tanh,swish"], ["swish", "relu"]),
     (["data.preprocess=unit"], ["28x28", "data.preprocess=paper"]),
+    (["trainer.accelerator=foo"], ["trainer.accelerator=foo", "auto, cpu, gpu, cuda, mps, tpu"]),
+    (["trainer.devices=abc"], ["trainer.devices=abc", "trainer.devices=auto or 1"]),
+    (["+model.pol=max"], ["model.pol=max", "did you mean model.pool?"]),
+    (["loss.j=nan"], ["loss.j=nan", "finite"]),
+    (["optim.lr=nan"], ["optim.lr=nan", "finite"]),
+    (["optim.lr=inf"], ["optim.lr=inf", "finite"]),
+    (["tracking.experiment="], ["tracking.experiment=''", "empty"]),
+    (["data.augment=paper", "data.distorted_copies=0"], ["data.distorted_copies=0", "data.augment=none"]),
+    (["data.distortion.scale=5"], ["data.distortion.scale=5.0", "[0, 1)"]),
+    (["data.test_subset=20000"], ["data.test_subset=20000", "10000"]),
+    (["-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], ["hydra.launcher.n_jobs=0"]),
 ]
+if not (torch.cuda.is_available() or torch.backends.mps.is_available()):  # only a GPU-less machine must refuse it
+    BAD_INPUTS.append((["trainer.accelerator=gpu"], ["trainer.accelerator=gpu", "trainer.accelerator=auto"]))
 
 
 def all_runs(store: str) -> list:
@@ -70,3 +88,109 @@ def test_bad_input_is_one_line_before_anything_is_recorded(args, mentions, kept_
         assert mention in lines[0]
     assert store_file.read_bytes() == before
     assert len(all_runs(store)) == 1
+
+
+def one_error_line(done) -> str:
+    """The single `error:` line a refused command prints (asserting it is the only output on stderr)."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+def test_unreachable_server_is_refused_in_seconds(tmp_path):
+    # Port 9 (discard) has no listener: MLflow itself would retry for minutes.
+    started = time.monotonic()
+    done = run_cli("tracking.uri=http://127.0.0.1:9", cwd=tmp_path, timeout=120)
+    assert time.monotonic() - started < 15
+    line = one_error_line(done)
+    assert "tracking.uri=http://127.0.0.1:9" in line and "mlflow server" in line
+
+
+@pytest.mark.parametrize(
+    "store_file,content,mentions",
+    [
+        ("notes.db", b"hello, not a database\n", ["is not a SQLite database"]),
+        ("missing/m.db", None, ["folder", "does not exist"]),
+    ],
+    ids=["text file", "missing folder"],
+)
+def test_bad_store_file_is_refused_and_left_as_it_was(store_file, content, mentions, tmp_path):
+    path = tmp_path / store_file
+    if content is not None:
+        path.write_bytes(content)
+    done = run_cli(f"tracking.uri=sqlite:///{path}", cwd=tmp_path, timeout=120)
+    line = one_error_line(done)
+    assert f"tracking.uri=sqlite:///{path}" in line
+    for mention in mentions:
+        assert mention in line
+    if content is not None:
+        assert path.read_bytes() == content
+    else:
+        assert not path.parent.exists()
+
+
+def test_unknown_store_scheme(tmp_path):
+    line = one_error_line(run_cli("tracking.uri=foo://bar", cwd=tmp_path, timeout=120))
+    assert "tracking.uri=foo://bar" in line and "unknown scheme 'foo'" in line
+
+
+# The same checks, in process (main() exits before Hydra starts): the rest of the ranges.
+MORE_BAD_INPUTS = [
+    (["trainer.devices=2"], "trainer.devices=2"),
+    (["++model.pol=max"], "did you mean model.pool?"),
+    (["+foo=1"], "foo=1 is not a config key"),
+    (["optim.momentum=-inf"], "optim.momentum=-inf must be a finite number"),
+    (["optim.momentum=1"], "optim.momentum=1.0 must be in [0, 1)"),
+    (["optim.betas=[0.9,1.5]"], "optim.betas[1]=1.5"),
+    (["optim.mu=0"], "optim.mu=0.0 must be positive"),
+    (["optim.weight_decay=-1"], "optim.weight_decay=-1.0"),
+    (["optim.gamma=0"], "optim.gamma=0.0"),
+    (["data.distortion.squeeze=1"], "data.distortion.squeeze=1.0"),
+    (["data.distortion.shear=2"], "data.distortion.shear=2.0"),
+    (["data.distortion.translate=-1"], "data.distortion.translate=-1.0"),
+    (["data.preprocess=unit", "model.c1_padding=2", "data.distortion.translate=28"], "data.distortion.translate=28.0 must be in [0, 28)"),
+    (["tracking.misclassified_shown=-1"], "tracking.misclassified_shown=-1"),
+    (["tracking.uri=sqlite://"], "in-memory"),
+    (["hydra.launcher.n_jobs=2"], "add hydra/launcher=joblib"),
+]
+
+
+def refused_in_process(args: list[str], monkeypatch, capsys) -> str:
+    monkeypatch.setattr("sys.argv", ["run.py", *args])
+    monkeypatch.setattr("lenet5.cli._hydra_main", lambda: pytest.fail(f"{args} was accepted and would train"))
+    capsys.readouterr()  # only what main() prints counts
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,mention", MORE_BAD_INPUTS, ids=[" ".join(a) for a, _ in MORE_BAD_INPUTS])
+def test_more_bad_input_is_one_line(args, mention, kept_store, monkeypatch, capsys):
+    before = kept_store.read_bytes()
+    uri = [] if any(a.startswith("tracking.uri=") for a in args) else [f"tracking.uri=sqlite:///{kept_store}"]
+    assert mention in refused_in_process([*args, *uri], monkeypatch, capsys)
+    assert kept_store.read_bytes() == before
+
+
+def test_sqlite_file_of_another_program_is_refused(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("create table notes (text)")
+    before = path.read_bytes()
+    line = refused_in_process([f"tracking.uri=sqlite:///{path}"], monkeypatch, capsys)
+    assert "not an MLflow store" in line and path.read_bytes() == before
+
+
+def test_deleted_experiment_is_refused(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{path}")
+    client.delete_experiment(client.create_experiment("gone"))
+    before = path.read_bytes()
+    line = refused_in_process([f"tracking.uri=sqlite:///{path}", "tracking.experiment=gone"], monkeypatch, capsys)
+    assert "tracking.experiment=gone is deleted" in line and path.read_bytes() == before

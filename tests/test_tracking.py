@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import mlflow
 import pytest
+import torch
 
+from lenet5.config import PROJECT_DIR
+from lenet5.data import MNISTDataModule
+from lenet5.provenance import mnist_inputs
+from lenet5.tracking import get_or_create_experiment
 from lenet5.train import train
 
 from .conftest import compose, small_overrides
@@ -16,8 +24,10 @@ FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", 
 def tracked(tmp_path_factory):
     store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     overrides = [*small_overrides(store, experiment="tracking"), "trainer.max_epochs=2", "data.val_size=500"]
-    result = train(compose("model.pool=max", "model.activation=relu", "seed=1", *overrides))
+    cfg = compose("model.pool=max", "model.activation=relu", "seed=1", *overrides)
+    result = train(cfg)
     client = mlflow.MlflowClient(store)
+    result["cfg"] = cfg
     return result, client, client.get_run(result["run_id"])
 
 
@@ -82,3 +92,70 @@ def test_nan_loss_ends_the_run_failed_with_its_reason(store):
     (run,) = mlflow.MlflowClient(store).search_runs([mlflow.MlflowClient(store).get_experiment_by_name("tests").experiment_id])
     assert run.info.status == "FAILED"
     assert "loss became nan" in run.data.tags["failure_reason"]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(PROJECT_DIR), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_source_tags_name_the_commit_and_whether_the_tree_was_dirty(tracked):
+    _, _, run = tracked
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == _git("rev-parse", "HEAD").strip()
+    assert tags["git_dirty"] == str(bool(_git("status", "--porcelain").strip())).lower()
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+
+
+def test_experiment_opens_on_the_model_training_view(tracked, tmp_path):
+    _, client, run = tracked
+    kind = "custom_model_development"
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == kind
+    # An experiment made before the suite set the tag gets it when the suite next uses it.
+    old = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'old.db'}")
+    experiment_id = old.create_experiment("old", artifact_location=(tmp_path / "a").as_uri())
+    assert get_or_create_experiment(old, "old", None) == experiment_id
+    assert old.get_experiment(experiment_id).tags["mlflow.experimentKind"] == kind
+
+
+def test_mnist_splits_are_logged_inputs(tracked):
+    _, _, run = tracked
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    assert {d.name for d in inputs.values()} == {"mnist"}
+    assert len({d.digest for d in inputs.values()}) == 3
+    profiles = {context: json.loads(d.profile) for context, d in inputs.items()}
+    # data.train_subset=2000, data.val_size=500 (the last 500 training images), data.test_subset=1000
+    assert profiles["training"]["num_images"] == 2000 and profiles["training"]["rows"] == "0:2000"
+    assert profiles["validation"]["num_images"] == 500 and profiles["validation"]["rows"] == "59500:60000"
+    assert profiles["test"]["num_images"] == 1000 and "t10k-images-idx3-ubyte" in profiles["test"]["files"]
+    assert json.loads(inputs["test"].source)["uri"].endswith("MNIST/raw")
+
+
+def test_dataset_digest_follows_the_images_not_the_run(tracked, tmp_path):
+    _, _, run = tracked
+    raw = tmp_path / "raw"
+    logged = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}
+    same = mnist_inputs(raw, {"test": (False, 0, 1000)})[0].dataset.digest
+    other = mnist_inputs(raw, {"test": (False, 0, 999)})[0].dataset.digest
+    assert same == logged["test"]  # another folder, same rows of the same files
+    assert other != same
+
+
+def test_final_network_is_logged_and_reproduces_the_test_error(tracked):
+    result, _, run = tracked
+    uri = f"runs:/{run.info.run_id}/model"
+    mlflow.set_tracking_uri(result["tracking_uri"])
+    try:
+        network = mlflow.pytorch.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    datamodule = MNISTDataModule(result["cfg"].data, seed=1)
+    datamodule.setup()
+    wrong = total = 0
+    with torch.no_grad():
+        for images, labels in datamodule.eval_batches("test"):
+            wrong += (network.predict(network(images)) != labels).sum().item()
+            total += len(labels)
+    assert total == 1000
+    assert 100.0 * wrong / total == result["test_error"]
+    assert run.data.metrics["test_error"] == pytest.approx(100.0 * wrong / total, abs=1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import hydra
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -21,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import CONF_DIR, ConfigError
 from .presets import compose_config
 from .sweep import failed_jobs, sweep_context
+from .validate import check_launcher
 
 #: Compose at most this many jobs up front; larger sweeps are checked job by job as they run.
 MAX_JOBS_CHECKED_UP_FRONT = 1024
@@ -41,6 +43,8 @@ def explain(err: BaseException, overrides: list[str]) -> str:
     if head.startswith("Ambiguous value"):
         return f"{head}: to sweep over it add -m (--multirun), to pass a list write key=[a,b]"
     cause = err.__cause__
+    if "hydra.launcher." in head and "BasicLauncherConf" in str(cause):
+        return f"{_one_line(head)} {str(cause).splitlines()[0]}: the default launcher has no options; add hydra/launcher=joblib"
     if cause is not None and str(cause):
         return f"{head.removeprefix('Error merging override ')}: {str(cause).splitlines()[0]}"
     return _one_line(head)
@@ -64,12 +68,25 @@ def job_overrides(argv: list[str]) -> tuple[list[list[str]], bool]:
     return jobs, True
 
 
+def command_hydra_config(argv: list[str]) -> Any | None:
+    """The `hydra` node (launcher, sweeper, ...) `argv` composes, hydra.* overrides included;
+    None for Hydra's own commands (--cfg, --help, ...)."""
+    args = get_args_parser().parse_args(argv)
+    if args.cfg or args.info or args.help or args.hydra_help or args.shell_completion:
+        return None
+    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    return compose_config([o.input_line for o in parsed if not o.is_sweep_override()], with_hydra=True).hydra
+
+
 def check_command_line(argv: list[str]) -> None:
     """Compose and check each job `argv` would run; raise ConfigError (one line) on the first bad one."""
     try:
         jobs, _ = job_overrides(argv)
+        hydra_cfg = command_hydra_config(argv)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(explain(err, [])) from None
+    if hydra_cfg is not None:
+        check_launcher(hydra_cfg)
     configs = []
     for overrides in jobs[:MAX_JOBS_CHECKED_UP_FRONT]:
         try:
@@ -79,10 +96,13 @@ def check_command_line(argv: list[str]) -> None:
     from .train import prepare  # torch and Lightning: only once the command line parses
 
     checked_data: set[tuple[str, bool]] = set()
+    checked_stores: set[tuple[str, str]] = set()
     for cfg in configs:
         data_key = (str(cfg.data.root), bool(cfg.data.download))
-        prepare(cfg, check_data=data_key not in checked_data)
+        store_key = (str(cfg.tracking.uri), str(cfg.tracking.experiment))
+        prepare(cfg, check_data=data_key not in checked_data, check_tracking=store_key not in checked_stores)
         checked_data.add(data_key)
+        checked_stores.add(store_key)
 
 
 class _DropLitLoggerTip(logging.Filter):

@@ -23,7 +23,7 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-MNIST_TRAIN_SIZE = 60_000
+MNIST_TRAIN_SIZE, MNIST_TEST_SIZE = 60_000, 10_000
 
 #: Paper, section II.B: background -0.1 and foreground 1.175, so the mean is about 0 and the
 #: variance about 1; the 28x28 digit is centred in a 32x32 field.
@@ -38,13 +38,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def raw_folder(root: str | Path) -> Path:
+    """The absolute folder holding the four MNIST files under data.root (torchvision's layout)."""
+    return Path(root).expanduser().resolve() / "MNIST" / "raw"
+
+
 def ensure_mnist(root: str | Path, download: bool) -> Path:
     """Check (and fetch, when allowed and missing) MNIST under `root`/MNIST/raw/.
 
     Returns the raw folder. Raises ConfigError with one line naming the file at fault
     and what to do, before any training starts.
     """
-    raw = Path(root).expanduser().resolve() / "MNIST" / "raw"
+    raw = raw_folder(root)
     missing = [name for name in MNIST_SHA256 if not (raw / name).is_file()]
     if missing and download:
         from torchvision.datasets import MNIST
@@ -131,19 +136,23 @@ class MNISTDataModule(L.LightningDataModule):
         if not self.checked:  # prepare() normally checked already: hashing 55 MB once is enough
             self.check()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        images, labels = load_mnist_split(self.cfg.root, train=True)
-        n_val = self.cfg.val_size
-        pool = MNIST_TRAIN_SIZE - n_val
-        n_train = self.cfg.train_subset or pool
-        self.splits["train"] = (images[:n_train], labels[:n_train])
-        if n_val:
-            self.splits["val"] = (images[pool:], labels[pool:])
-        test_images, test_labels = load_mnist_split(self.cfg.root, train=False)
-        n_test = self.cfg.test_subset or len(test_labels)
-        self.splits["test"] = (test_images[:n_test], test_labels[:n_test])
+        files = {True: load_mnist_split(self.cfg.root, train=True), False: load_mnist_split(self.cfg.root, train=False)}
+        for name, (from_train, start, stop) in self.split_rows().items():
+            images, labels = files[from_train]
+            self.splits[name] = (images[start:stop], labels[start:stop])
         self.splits = {
             name: (preprocess(x, self.mode).to(device), y.to(device)) for name, (x, y) in self.splits.items()
         }
+
+    def split_rows(self) -> dict[str, tuple[bool, int, int]]:
+        """{split: (from the training files?, first row, row after the last)} of each split used."""
+        n_val = self.cfg.val_size
+        pool = MNIST_TRAIN_SIZE - n_val
+        rows = {"train": (True, 0, self.cfg.train_subset or pool)}
+        if n_val:
+            rows["val"] = (True, pool, MNIST_TRAIN_SIZE)
+        rows["test"] = (False, 0, self.cfg.test_subset or MNIST_TEST_SIZE)
+        return rows
 
     @property
     def eval_split_names(self) -> list[str]:

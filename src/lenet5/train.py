@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any
@@ -13,21 +14,29 @@ from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from .callbacks import EpochThroughput, SDLMCurvature
-from .config import check_compatible, select
-from .data import MNISTDataModule
+from .config import select
+from .data import MNISTDataModule, raw_folder
 from .distortions import distort
 from .model.counts import counts_table
 from .model.lenet5 import CLASSES
 from .module import LeNet5Module
 from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .presets import preset_factors
+from .provenance import mnist_inputs
 from .sweep import find_finished, reuse_finished, sweep_context
-from .tracking import TrackedRun, config_hash, flatten_config, run_name, tracked_run
+from .tracking import TrackedRun, check_store, config_hash, flatten_config, run_name, tracked_run
+from .validate import check_config
 
 
-def prepare(cfg: Any, check_data: bool = True) -> tuple[MNISTDataModule, LeNet5Module]:
-    """Everything that can reject a config (ConfigError), run before anything is recorded or trained."""
-    check_compatible(cfg)
+def prepare(cfg: Any, check_data: bool = True, check_tracking: bool = True) -> tuple[MNISTDataModule, LeNet5Module]:
+    """Everything that can reject a config (ConfigError), run before anything is recorded or trained.
+
+    `check_data` hashes the MNIST files, `check_tracking` probes the MLflow store; a caller
+    checking many jobs of one sweep does each once.
+    """
+    check_config(cfg)
+    if check_tracking:
+        check_store(str(cfg.tracking.uri), str(cfg.tracking.experiment))
     datamodule = MNISTDataModule(cfg.data, seed=cfg.seed)
     if check_data:
         datamodule.check()
@@ -109,6 +118,14 @@ def log_distortions(run: TrackedRun, datamodule: MNISTDataModule, rows: int = 6)
     plt.close(figure)
 
 
+def log_network(run: TrackedRun, module: LeNet5Module, datamodule: MNISTDataModule) -> None:
+    """The trained network as the run's MLflow model, on the CPU (loadable without a GPU),
+    with the first test image, preprocessed, as its input example ((1, 1, S, S) float32)."""
+    network = copy.deepcopy(module.model).cpu().eval()
+    example = datamodule.splits["test"][0][:1].cpu().numpy()
+    run.log_model(network, example)
+
+
 def train(cfg: Any) -> dict[str, Any]:
     """Train the variant `cfg` describes and record it as one MLflow run.
 
@@ -134,6 +151,7 @@ def train(cfg: Any) -> dict[str, Any]:
     with tracked_run(cfg, name, sweep_tags) as run:
         run.log_params(flatten_config(cfg))
         run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        run.log_inputs(mnist_inputs(raw_folder(cfg.data.root), datamodule.split_rows()))
         run.log_text(counts.to_csv(index=False), "model_layers.csv")
         run.log_text(counts.to_markdown(index=False), "model_layers.md")
         total = counts.iloc[-1]
@@ -147,6 +165,7 @@ def train(cfg: Any) -> dict[str, Any]:
         test_error = log_test_artifacts(run, cfg, module, datamodule)
         if select(cfg, "data.augment") == "paper":
             log_distortions(run, datamodule)
+        log_network(run, module, datamodule)
 
     print(
         f"\n{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs "
