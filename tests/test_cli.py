@@ -151,6 +151,9 @@ MORE_BAD_INPUTS = [
     (["data.distortion.translate=-1"], "data.distortion.translate=-1.0"),
     (["data.preprocess=unit", "model.c1_padding=2", "data.distortion.translate=28"], "data.distortion.translate=28.0 must be in [0, 28)"),
     (["tracking.misclassified_shown=-1"], "tracking.misclassified_shown=-1"),
+    (["optim.curvature_every=-1"], "optim.curvature_every=-1"),
+    (["optim.curvature_gamma=1.5"], "optim.curvature_gamma=1.5"),
+    (["model.init_gain=0"], "model.init_gain=0.0"),
     (["tracking.uri=sqlite://"], "in-memory"),
     (["hydra.launcher.n_jobs=2"], "add hydra/launcher=joblib"),
 ]

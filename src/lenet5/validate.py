@@ -113,6 +113,10 @@ def check_ranges(cfg: Any) -> None:
     # SDLM steps by eta / (mu + h_kk) with h_kk >= 0 and often ~0: mu must keep it finite.
     _require(optim.mu > 0, "optim.mu", optim.mu, "must be positive (SDLM divides by mu + h_kk)")
     _require(optim.curvature_samples > 0, "optim.curvature_samples", optim.curvature_samples, "must be positive")
+    _require(optim.curvature_every >= 0, "optim.curvature_every", optim.curvature_every, "must be >= 0 (0: only before each pass)")
+    _require(0 <= optim.curvature_gamma <= 1, "optim.curvature_gamma", optim.curvature_gamma, "must be in [0, 1] (0: no running average)")
+    gain = cfg.model.init_gain
+    _require(gain is None or gain > 0, "model.init_gain", gain, "must be positive, or null for the init rule's own")
     _require(optim.step_epochs > 0, "optim.step_epochs", optim.step_epochs, "must be positive")
     _require(optim.gamma > 0, "optim.gamma", optim.gamma, "must be positive")
     _require(
