@@ -76,7 +76,7 @@ def _experiment_id(client: MlflowClient, experiment: str) -> str:
     return found.experiment_id
 
 
-def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None) -> pd.DataFrame:
+def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None, statuses: tuple[str, ...] = ("FINISHED",)) -> pd.DataFrame:
     """Every FINISHED training run of `experiment` (of sweep `sweep_id` when given), one row each.
 
     Columns: run_id, run_name, variant (the run name without " seed=N"; a short
@@ -86,7 +86,8 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None) -
     (%, NaN without a validation split), train_loss and model_trainable_params, then every
     scientific param other than the factors under its config key (`optim.lr`, `data.batch_size`,
     ...; strings as logged). Sweep parents (no `config_hash` tag) and runs that did not finish
-    are left out. Rows are in start order.
+    are left out (`statuses` widens that: ("FINISHED", "KILLED") keeps stopped runs too, with a
+    `status` column). Rows are in start order.
     """
     client = _client(tracking_uri)
     experiment_id = _experiment_id(client, experiment)
@@ -106,11 +107,14 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None) -
         reused = raw[REUSED_TAG_PREFIX + sweep_id] == "true" if sweep_id in reused_by else False
         raw = raw[own | reused]
     is_training_run = raw["tags.config_hash"].notna() if "tags.config_hash" in raw else False
-    raw = raw[(raw["status"] == "FINISHED") & is_training_run]
+    raw = raw[raw["status"].isin(statuses) & is_training_run]
     if raw.empty:
         where = f"sweep '{sweep_id}' of experiment '{experiment}'" if sweep_id else f"experiment '{experiment}'"
-        raise ReportError(f"no FINISHED training runs in {where}")
-    return _tidy(raw.sort_values("start_time"))
+        raise ReportError(f"no {'/'.join(statuses)} training runs in {where}")
+    tidy = _tidy(raw.sort_values("start_time"))
+    if statuses != ("FINISHED",):
+        tidy.insert(3, "status", raw.sort_values("start_time")["status"].to_numpy())
+    return tidy
 
 
 def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
