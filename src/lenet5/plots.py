@@ -1,4 +1,5 @@
-"""Figures logged with every run: the confusion matrix and the misclassified test digits."""
+"""Figures logged with every run (the confusion matrix, the misclassified test digits, ...), and
+one test image passing through a trained network (`python -m lenet5.inspect_run`)."""
 
 from __future__ import annotations
 
@@ -75,4 +76,113 @@ def sdlm_steps_figure(steps_by_layer: dict[str, torch.Tensor], pass_number: int,
     fig.suptitle(f"SDLM steps at the start of pass {pass_number} (shaded: the paper's pass-1 range "
                  f"{paper_range[0]:g} to {paper_range[1]:g})", fontsize=9)  # fmt: skip
     fig.tight_layout()
+    return fig
+
+
+def _map_grid(subfig, maps: np.ndarray, columns: int, vmax: float, cmap: str) -> None:
+    """Feature maps (C, H, W) in a grid `columns` wide, one shared colour scale."""
+    rows = -(-len(maps) // columns)
+    axes = subfig.subplots(rows, columns, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        if i < len(maps):
+            ax.imshow(maps[i], cmap=cmap, vmin=-vmax, vmax=vmax)
+            ax.set_title(str(i), fontsize=6, pad=1)
+        else:
+            ax.axis("off")
+
+
+def network_figure(image: torch.Tensor, stages: list[tuple[str, torch.Tensor]], predicted: int,
+                   prototypes: torch.Tensor | None, label: int | None, title: str = ""):  # fmt: skip
+    """One image passing through LeNet-5, left to right and top to bottom.
+
+    `image` (1, S, S) as the network saw it; `stages` the [(name, output)] of
+    `LeNet5.stage_outputs` for that one image, batch dimension dropped: C1 (6, 28, 28),
+    S2 (6, 14, 14), C3 (16, 10, 10), S4 (16, 5, 5), C5 (120, h, w), F6 (width,), OUTPUT (10,).
+    `predicted` is the network's own verdict (`LeNet5.predict`), marked on OUTPUT;
+    `prototypes` (10, 84) are the RBF bitmaps (None for a softmax head: OUTPUT is then logits);
+    `label` the true class, if known.
+    """
+    out = dict(stages)
+    values = out["OUTPUT"].detach().cpu().numpy()
+    rbf = prototypes is not None
+
+    fig = plt.figure(figsize=(17, 10.5), dpi=100, layout="constrained")
+    verdict = (f"true {label}, " if label is not None else "") + f"predicted {predicted}"
+    legend = "maps after the squashing function; colour: blue negative, white 0, red positive, one scale per stage"
+    fig.suptitle("\n".join(filter(None, [title, verdict, legend])), fontsize=12)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.35, 1], hspace=0.04)
+
+    # Top row: the input, then each convolutional stage; one colour scale per stage (blue
+    # negative, red positive, white 0) so a map's sign reads the same everywhere in it.
+    conv = [name for name, _ in stages if name not in ("F6", "OUTPUT")]
+    panels = top.subfigures(1, 1 + len(conv), width_ratios=[1.3, 1, 1, 1.6, 1.6, 1.1][: 1 + len(conv)], wspace=0.02)
+    pixels = image[0].detach().cpu().numpy()
+    ax = panels[0].subplots()
+    ax.imshow(pixels, cmap="gray_r")
+    ax.set_xticks([]), ax.set_yticks([])
+    panels[0].suptitle(f"input\n1@{pixels.shape[0]}x{pixels.shape[1]}\nas preprocessed", fontsize=10)
+    for panel, name in zip(panels[1:], conv):
+        maps = out[name].detach().cpu().numpy()
+        vmax = float(np.abs(maps).max()) or 1.0
+        if name == "C5":
+            # C5: one value per unit (the paper's 1x1 maps; a wider map shows its mean),
+            # drawn 12 rows of 10 so the 120 units fit the column.
+            units = maps.reshape(len(maps), -1).mean(1)
+            ax = panel.subplots()
+            ax.imshow(units.reshape(12, -1), cmap="bwr", vmin=-vmax, vmax=vmax)
+            ax.set_xticks(range(0, units.size // 12, 3)), ax.set_yticks(range(0, 12, 3))
+            ax.tick_params(labelsize=6)
+            ax.set_xlabel("unit = 10 x row + column", fontsize=7)
+            shape = f"{len(maps)}@{maps.shape[1]}x{maps.shape[2]}" + (", mean of each" if maps.shape[1] * maps.shape[2] > 1 else "")
+        else:
+            _map_grid(panel, maps, columns=2 if len(maps) <= 6 else 4, vmax=vmax, cmap="bwr")
+            shape = f"{len(maps)}@{maps.shape[1]}x{maps.shape[2]}"
+        panel.suptitle(f"{name}\n{shape}\ncolour ±{vmax:.2f}", fontsize=10)
+
+    # Bottom row: F6 beside what it is compared with, then the verdict.
+    f6 = out["F6"].detach().cpu().numpy()
+    if rbf:
+        f6_panel, bitmaps_panel, scores_panel = bottom.subfigures(1, 3, width_ratios=[0.8, 2.6, 2.2], wspace=0.02)
+    else:
+        f6_panel, scores_panel = bottom.subfigures(1, 2, width_ratios=[1, 2.2], wspace=0.02)
+    vmax = max(1.0, float(np.abs(f6).max()))  # the bitmaps are +-1: one scale for both
+    ax = f6_panel.subplots()
+    if f6.size == 84:  # the bitmaps' 7x12 layout, so F6 reads as the digit it is compared with
+        ax.imshow(f6.reshape(12, 7), cmap="bwr", vmin=-vmax, vmax=vmax)
+        ax.set_xticks([]), ax.set_yticks([])
+        f6_panel.suptitle(f"F6\n84 units as 7x12\ncolour ±{vmax:.2f}", fontsize=10)
+    else:  # no bitmap to match: one bar per unit
+        ax.bar(range(f6.size), f6, width=1.0, color="tab:gray")
+        ax.set_xlabel("unit"), ax.set_xlim(-0.5, f6.size - 0.5)
+        f6_panel.suptitle(f"F6\n{f6.size} units", fontsize=10)
+
+    if rbf:
+        bitmaps = prototypes.detach().cpu().numpy().reshape(-1, 12, 7)
+        axes = bitmaps_panel.subplots(2, 5)
+        for digit, ax in enumerate(axes.flat):
+            ax.imshow(bitmaps[digit], cmap="bwr", vmin=-vmax, vmax=vmax)
+            ax.set_xticks([]), ax.set_yticks([])
+            chosen = digit == predicted
+            ax.set_title(f"{digit}: d = {values[digit]:.1f}", fontsize=9,
+                         color="crimson" if chosen else "black", fontweight="bold" if chosen else "normal")  # fmt: skip
+            if chosen:
+                for side in ax.spines.values():
+                    side.set_edgecolor("crimson"), side.set_linewidth(3)
+        bitmaps_panel.suptitle("RBF bitmaps, 7x12 (d = squared distance from F6)", fontsize=10)
+
+    ax = scores_panel.subplots()
+    colours = ["crimson" if digit == predicted else "tab:blue" for digit in range(len(values))]
+    ax.bar(range(len(values)), values, color=colours)
+    ax.set_xticks(range(len(values)))
+    ax.set_xlabel("class" + (" (true class bold)" if label is not None else ""))
+    if label is not None:
+        ax.get_xticklabels()[label].set_fontweight("bold")
+    ax.margins(y=0.12)  # room for the "predicted" label above the tallest bar
+    # Above the bar's top, or above 0 for a negative logit, so the label never sits on a bar.
+    ax.annotate("predicted", (predicted, max(float(values[predicted]), 0.0)), xytext=(0, 4), textcoords="offset points",
+                ha="center", va="bottom", color="crimson", fontsize=9)  # fmt: skip
+    what = "RBF distances (smallest wins)" if rbf else "logits (largest wins)"
+    ax.set_ylabel("distance" if rbf else "logit")
+    scores_panel.suptitle(f"OUTPUT\n{len(values)} {what}", fontsize=10)
     return fig

@@ -104,6 +104,25 @@ class LeNet5(nn.Module):
                 x = self.f(x)
         return x
 
+    def stage_outputs(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """[(name, output)] of every stage of `stages()`, after its squashing function where one
+        follows: ("C1", (N, 6, 28, 28)), ("S2", (N, 6, 14, 14)), ("C3", (N, 16, 10, 10)),
+        ("S4", (N, 16, 5, 5)), ("C5", (N, 120, 1, 1)), ("F6", (N, 84)), ("OUTPUT", (N, 10)) for
+        the paper; the last equals `forward(x)`. Names are the attribute names, upper-cased.
+
+        The same walk as `forward`, which stays as it is: training needs only the last output.
+        """
+        names = {module: name.upper() for name, module in self.named_children()}
+        outputs = []
+        for layer, squash in self.stages():
+            if layer is self.f6:
+                x = x.flatten(1)
+            x = layer(x)
+            if squash:
+                x = self.f(x)
+            outputs.append((names[layer], x))
+        return outputs
+
     def scores(self, out: torch.Tensor) -> torch.Tensor:
         """Head output -> class scores, larger = more likely (negated distances for RBF)."""
         return -out if self.head_kind == "rbf" else out
