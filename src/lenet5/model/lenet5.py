@@ -95,13 +95,19 @@ class LeNet5(nn.Module):
             (self.output, False),  # (N, 10)
         ]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _walk(self, x: torch.Tensor):
+        """Yield (layer, its output after the squashing function where one follows), in order."""
         for layer, squash in self.stages():
             if layer is self.f6:
                 x = x.flatten(1)
             x = layer(x)
             if squash:
                 x = self.f(x)
+            yield layer, x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _, x in self._walk(x):
+            pass
         return x
 
     def stage_outputs(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -109,19 +115,9 @@ class LeNet5(nn.Module):
         follows: ("C1", (N, 6, 28, 28)), ("S2", (N, 6, 14, 14)), ("C3", (N, 16, 10, 10)),
         ("S4", (N, 16, 5, 5)), ("C5", (N, 120, 1, 1)), ("F6", (N, 84)), ("OUTPUT", (N, 10)) for
         the paper; the last equals `forward(x)`. Names are the attribute names, upper-cased.
-
-        The same walk as `forward`, which stays as it is: training needs only the last output.
         """
         names = {module: name.upper() for name, module in self.named_children()}
-        outputs = []
-        for layer, squash in self.stages():
-            if layer is self.f6:
-                x = x.flatten(1)
-            x = layer(x)
-            if squash:
-                x = self.f(x)
-            outputs.append((names[layer], x))
-        return outputs
+        return [(names[layer], out) for layer, out in self._walk(x)]
 
     def scores(self, out: torch.Tensor) -> torch.Tensor:
         """Head output -> class scores, larger = more likely (negated distances for RBF)."""
