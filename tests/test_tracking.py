@@ -41,7 +41,7 @@ def test_params_are_the_flattened_config(tracked):
     _, _, run = tracked
     params = run.data.params
     assert params["model.pool"] == "max" and params["model.activation"] == "relu"
-    assert params["optim.name"] == "sdlm" and params["optim.mu"] == "3.0" and params["loss.name"] == "map" and params["seed"] == "1"
+    assert params["optim.name"] == "sdlm" and params["optim.mu"] == "0.02" and params["loss.name"] == "map" and params["seed"] == "1"
     assert params["trainer.max_epochs"] == "2" and params["data.val_size"] == "500"
 
 
@@ -159,3 +159,32 @@ def test_final_network_is_logged_and_reproduces_the_test_error(tracked):
     assert total == 1000
     assert 100.0 * wrong / total == result["test_error"]
     assert run.data.metrics["test_error"] == pytest.approx(100.0 * wrong / total, abs=1e-4)
+
+
+def test_dataset_inputs_survive_a_parallel_job_registering_them_first(store, monkeypatch):
+    """Two jobs of a sweep insert the same dataset row at once; the loser's insert fails on the
+    store's unique key, and its retry must link the existing row instead of failing the run."""
+    from mlflow.entities import Dataset, DatasetInput
+    from mlflow.exceptions import MlflowException
+
+    from lenet5.tracking import TrackedRun
+
+    client = mlflow.MlflowClient(store)
+    experiment_id = client.create_experiment("race")
+    dataset = DatasetInput(Dataset(name="mnist", digest="abc", source_type="local", source='{"uri": "x"}'))
+    winner, loser = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    real = mlflow.MlflowClient.log_inputs
+    calls = []
+
+    def racing(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if run_id == loser and len(calls) == 1:  # the winner writes the row while the loser is mid-insert
+            real(self, winner, datasets=datasets)
+            raise MlflowException("UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest")
+        return real(self, run_id, datasets=datasets)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_inputs", racing)
+    TrackedRun(client, loser, "race", store, "loser").log_inputs([dataset])
+    for run_id in (winner, loser):
+        (logged,) = client.get_run(run_id).inputs.dataset_inputs
+        assert logged.dataset.digest == "abc"

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import ssl
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -256,8 +257,18 @@ class TrackedRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def log_inputs(self, datasets: list) -> None:
-        self.client.log_inputs(self.run_id, datasets=datasets)
+    def log_inputs(self, datasets: list, attempts: int = 3) -> None:
+        # Jobs of one sweep running side by side register the same dataset (experiment, name,
+        # digest) at once; the store's unique key makes all but one fail. A retry finds the row
+        # the winner wrote and only links it to this run.
+        for attempt in range(attempts):
+            try:
+                self.client.log_inputs(self.run_id, datasets=datasets)
+                return
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def log_model(self, model, input_example, name: str = "model") -> None:
         """Log a torch network as an MLflow model of this run (`runs:/<run id>/model`).
