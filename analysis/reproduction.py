@@ -132,7 +132,8 @@ def carry_over(table: pd.DataFrame, previous_csv: Path, systems) -> pd.DataFrame
         return table
     previous = pd.read_csv(previous_csv)
     missing = [s.name for s in systems if s.name not in set(table["system"])]
-    kept = previous[previous["system"].isin(missing)].assign(**{"from": "previous table"})
+    # A CSV stores an empty budget as an empty cell, which pandas reads back as NaN.
+    kept = previous[previous["system"].isin(missing)].fillna({"budget": "", "source": ""}).assign(**{"from": "previous table"})
     order = {s.name: i for i, s in enumerate(systems)}
     merged = pd.concat([table, kept[[c for c in table.columns if c in kept.columns]]], ignore_index=True)
     return merged.sort_values("system", key=lambda names: names.map(order)).reset_index(drop=True)

@@ -33,14 +33,16 @@ def test_a_row_counts_only_runs_of_its_preset_variant_and_budget():
 
 
 def test_rows_without_runs_in_the_store_are_carried_over_from_the_previous_table(tmp_path):
-    previous = pd.DataFrame({"system": ["paper", "modern", "seed004_tf"], "suite test error %": [1.31, 0.97, 4.39], "n": [5, 3, 3]})
+    previous = pd.DataFrame({"system": ["paper", "modern", "seed004_tf"], "suite test error %": [1.31, 0.97, 4.39], "n": [5, 3, 3],
+                             "budget": ["", "", ""], "source": ["a", "b", "c"]})
     previous.to_csv(tmp_path / "reproduction.csv", index=False)
-    fresh = pd.DataFrame({"system": ["paper"], "suite test error %": [0.9], "n": [5]})
+    fresh = pd.DataFrame({"system": ["paper"], "suite test error %": [0.9], "n": [5], "budget": [""], "source": ["a"]})
     merged = carry_over(fresh, tmp_path / "reproduction.csv", SYSTEMS).set_index("system")
     # The fresh paper row wins over the old one; the rows with no runs here come back, marked, in SYSTEMS order.
     assert merged.loc["paper", "suite test error %"] == 0.9 and merged.loc["paper", "from"] == "this store"
     assert merged.loc["modern", "from"] == "previous table" and merged.loc["modern", "suite test error %"] == 0.97
     assert list(merged.index) == ["paper", "seed004_tf", "modern"]
+    assert merged.loc["modern", "budget"] == ""  # an empty budget stays empty, not NaN, through the CSV
     assert carry_over(fresh, tmp_path / "absent.csv", SYSTEMS)["system"].tolist() == ["paper"]
 
 
