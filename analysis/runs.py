@@ -15,10 +15,8 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from lenet5.config import ABLATION_FACTORS, NON_SCIENTIFIC_KEYS, PROJECT_DIR, is_scientific_key
-
-#: The suite's own store, where `python run.py` records runs unless told otherwise.
-DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
+from lenet5.config import DEFAULT_TRACKING_URI  # noqa: F401  (re-exported: report, notebook)
+from lenet5.config import ABLATION_FACTORS, NON_SCIENTIFIC_KEYS, is_scientific_key
 
 #: The factor columns of `load_runs`' frame, in the config's order (pool, activation, ...).
 FACTORS: tuple[str, ...] = tuple(ABLATION_FACTORS)
@@ -111,9 +109,10 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None, s
     if raw.empty:
         where = f"sweep '{sweep_id}' of experiment '{experiment}'" if sweep_id else f"experiment '{experiment}'"
         raise ReportError(f"no {'/'.join(statuses)} training runs in {where}")
-    tidy = _tidy(raw.sort_values("start_time"))
+    raw = raw.sort_values("start_time")
+    tidy = _tidy(raw)
     if statuses != ("FINISHED",):
-        tidy.insert(3, "status", raw.sort_values("start_time")["status"].to_numpy())
+        tidy.insert(3, "status", raw["status"].to_numpy())
     return tidy
 
 

@@ -87,8 +87,8 @@ def layer_steps(model: torch.nn.Module, optimizer: SDLM) -> dict[str, tuple[torc
     steps, mu = optimizer.effective_steps(), optimizer.param_groups[0]["mu"]
     by_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for name, param in model.named_parameters():
-        h = optimizer.state[param].get("h", torch.zeros_like(param))
-        by_layer.setdefault(name.split(".")[0], []).append((steps[param].flatten(), (h < mu).flatten()))
+        below_mu = optimizer.curvature(param) < mu
+        by_layer.setdefault(name.split(".")[0], []).append((steps[param].flatten(), below_mu.flatten()))
     return {layer: (torch.cat([s for s, _ in pairs]), torch.cat([b for _, b in pairs])) for layer, pairs in by_layer.items()}
 
 

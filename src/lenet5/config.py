@@ -21,6 +21,8 @@ from omegaconf import MISSING, OmegaConf
 #: so that every run of every job, wherever Hydra puts its outputs, lands in one store.
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_DIR / "conf"
+#: The suite's own store, `tracking.uri`'s default resolved (see TrackingConfig).
+DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
 
 
 class ConfigError(ValueError):
@@ -283,17 +285,3 @@ def check_compatible(cfg: Any) -> None:
             f"loss={loss} is defined on RBF distances but model.head={head}; "
             f"use model.head=rbf, or loss=cross_entropy with model.head={head}"
         )
-    positive = {
-        "trainer.max_epochs": cfg.trainer.max_epochs,
-        "data.batch_size": cfg.data.batch_size,
-        "data.eval_batch_size": cfg.data.eval_batch_size,
-        "model.c1_kernel": cfg.model.c1_kernel,
-        "model.f6_width": cfg.model.f6_width,
-        "optim.lr": cfg.optim.lr,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key}={value} must be positive")
-    for key in ("data.train_subset", "data.val_size", "data.test_subset", "loss.j", "data.distorted_copies", "data.patterns_per_pass"):
-        if OmegaConf.select(cfg, key) < 0:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")

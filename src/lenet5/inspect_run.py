@@ -14,42 +14,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
+from unittest import mock
 from pathlib import Path
-from typing import Iterator
 
 import matplotlib.pyplot as plt
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .config import PROJECT_DIR, ConfigError
+from .config import DEFAULT_TRACKING_URI, PROJECT_DIR, ConfigError
 from .data import MNIST_TEST_SIZE, ensure_mnist, load_mnist_split, preprocess
 from .plots import network_figure
-
-#: The suite's own store (`tracking.uri`'s default, see lenet5.config.TrackingConfig).
-DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
 
 
 class InspectError(Exception):
     """Bad input: the message is the one `error:` line the command prints."""
-
-
-@contextmanager
-def _quiet_downloads() -> Iterator[None]:
-    # MLflow draws a progress bar on stderr for every artifact download; an error must stay one line.
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def open_run(tracking_uri: str, run_id: str):
@@ -71,7 +51,9 @@ def load_network(tracking_uri: str, run_id: str) -> torch.nn.Module:
 
     # runs:/ URIs resolve through the process's tracking URI; MLflow's own context manager
     # restores it afterwards (as lenet5.tracking does when logging the model).
-    with _use_tracking_uri(tracking_uri), _quiet_downloads():
+    # MLflow draws a progress bar on stderr for every artifact download; an error must stay one line.
+    quiet = mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+    with _use_tracking_uri(tracking_uri), quiet:
         try:
             return mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu").eval()
         except MlflowException:
@@ -122,13 +104,10 @@ def inspect_run(run_id: str, index: int, tracking_uri: str = DEFAULT_TRACKING_UR
     png = Path(out) if out is not None else Path(f"inspect_{run_id[:8]}_{index}.png")
     png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png)
+    artifact = f"inspect/test_{index}.png"
+    client.log_figure(run_id, figure, artifact)
     plt.close(figure)
-    # log_artifact keeps the file's own name: copy it to the name the run should show.
-    with tempfile.TemporaryDirectory() as folder:
-        named = Path(folder) / f"test_{index}.png"
-        shutil.copyfile(png, named)
-        client.log_artifact(run_id, str(named), "inspect")
-    return {"png": png, "artifact": f"inspect/{named.name}", "label": label, "predicted": predicted}
+    return {"png": png, "artifact": artifact, "label": label, "predicted": predicted}
 
 
 def main(argv: list[str] | None = None) -> int:

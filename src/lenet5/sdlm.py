@@ -128,15 +128,15 @@ class SDLM(torch.optim.Optimizer):
                 old = self.state[p].get("h")
                 self.state[p]["h"] = new.clone() if old is None or weight >= 1 else old.mul_(1 - weight).add_(new, alpha=weight)
 
+    def curvature(self, p: torch.nn.Parameter) -> torch.Tensor:
+        """h_kk of `p` (shaped like it); zero until `set_curvature` gives one."""
+        h = self.state[p].get("h")
+        return h if h is not None else torch.zeros_like(p)
+
     def effective_steps(self) -> dict[torch.nn.Parameter, torch.Tensor]:
         """eta / (mu + h_kk) per parameter, per pattern (the quantity the paper quotes for its
-        first pass, 7e-5 to 0.016), with the group's current eta; h_kk = 0 where none is set."""
-        steps = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                h = self.state[p].get("h")
-                steps[p] = group["lr"] / (group["mu"] + (h if h is not None else torch.zeros_like(p)))
-        return steps
+        first pass, 7e-5 to 0.016), with the group's current eta."""
+        return {p: group["lr"] / (group["mu"] + self.curvature(p)) for group in self.param_groups for p in group["params"]}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -148,7 +148,5 @@ class SDLM(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                h = self.state[p].get("h")
-                denominator = group["mu"] + (h if h is not None else torch.zeros_like(p))
-                p.addcdiv_(p.grad, denominator, value=-group["lr"] * group["patterns_per_update"])
+                p.addcdiv_(p.grad, group["mu"] + self.curvature(p), value=-group["lr"] * group["patterns_per_update"])
         return loss

@@ -105,6 +105,12 @@ def check_ranges(cfg: Any) -> None:
     from .data import MNIST_TEST_SIZE  # torch: not imported before the command line parses (cli.py)
 
     optim, data = cfg.optim, cfg.data
+    positive = ("trainer.max_epochs", "data.batch_size", "data.eval_batch_size", "model.c1_kernel", "model.f6_width", "optim.lr")
+    for key in positive:
+        _require(OmegaConf.select(cfg, key) > 0, key, OmegaConf.select(cfg, key), "must be positive")
+    non_negative = ("data.train_subset", "data.val_size", "data.test_subset", "loss.j", "data.distorted_copies", "data.patterns_per_pass")
+    for key in non_negative:
+        _require(OmegaConf.select(cfg, key) >= 0, key, OmegaConf.select(cfg, key), "must be >= 0")
     _require(0 <= optim.momentum < 1, "optim.momentum", optim.momentum, "must be in [0, 1)")
     for i, beta in enumerate(optim.betas):
         _require(0 <= beta < 1, f"optim.betas[{i}]", beta, "must be in [0, 1)")

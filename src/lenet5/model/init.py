@@ -65,5 +65,7 @@ def initialize(model: nn.Module, scheme: str, gain: float | None = None) -> None
             # Each stored kernel of the C3 table gets the bound of the map it feeds.
             weight_bound = bound[module.out_of_pair] if isinstance(module, TableConv2d) else bound
             weight.copy_((torch.rand_like(weight) * 2 - 1) * weight_bound.view(-1, *[1] * (weight.dim() - 1)))
-        if bias is not None:
-            bias.copy_(torch.zeros_like(bias) if scheme == "lush" else (torch.rand_like(bias) * 2 - 1) * bound)
+        if bias is not None and scheme == "lush":
+            bias.zero_()
+        elif bias is not None:
+            bias.copy_((torch.rand_like(bias) * 2 - 1) * bound)
