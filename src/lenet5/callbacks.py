@@ -50,6 +50,13 @@ class SDLMCurvature(L.Callback):
         self.samples, self.every, self.gamma = samples, every, gamma
         self.generator = torch.Generator().manual_seed(seed + 1)  # not the shuffling stream
 
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "patterns_since_estimate": getattr(self, "patterns_since_estimate", 0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.patterns_since_estimate = state["patterns_since_estimate"]
+
     def _estimate(self, trainer: L.Trainer, pl_module, images: torch.Tensor, weight: float = 1.0) -> None:
         diagonal = gauss_newton_diagonal(pl_module.model, images)
         by_param = {param: diagonal[name] for name, param in pl_module.model.named_parameters() if name in diagonal}

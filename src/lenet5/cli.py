@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import CONF_DIR, ConfigError
 from .presets import compose_config
-from .sweep import failed_jobs, sweep_context
+from .store import check_store
 from .validate import check_launcher
 
 #: Compose at most this many jobs up front; larger sweeps are checked job by job as they run.
@@ -93,16 +93,16 @@ def check_command_line(argv: list[str]) -> None:
             configs.append(compose_config(overrides))
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigError(explain(err, overrides)) from None
+    # Stores first: their check needs no torch, so a bad one is refused in a second or two.
+    for uri, experiment in dict.fromkeys((str(c.tracking.uri), str(c.tracking.experiment)) for c in configs):
+        check_store(uri, experiment)
     from .train import prepare  # torch and Lightning: only once the command line parses
 
     checked_data: set[tuple[str, bool]] = set()
-    checked_stores: set[tuple[str, str]] = set()
     for cfg in configs:
         data_key = (str(cfg.data.root), bool(cfg.data.download))
-        store_key = (str(cfg.tracking.uri), str(cfg.tracking.experiment))
-        prepare(cfg, check_data=data_key not in checked_data, check_tracking=store_key not in checked_stores)
+        prepare(cfg, check_data=data_key not in checked_data, check_tracking=False)
         checked_data.add(data_key)
-        checked_stores.add(store_key)
 
 
 class _DropLitLoggerTip(logging.Filter):
@@ -118,8 +118,16 @@ def _hydra_main(cfg: DictConfig) -> float:
     lightning_log.propagate = False  # Lightning has its own handler; Hydra's would print each line twice
     for handler in lightning_log.handlers:
         handler.addFilter(_DropLitLoggerTip())
+    from .resume import JobBusy
+    from .sweep import sweep_context
+
     try:
         return train(cfg)["test_error"]
+    except JobBusy as err:  # another live process trains this job: not a failure of this one
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        if sweep_context() is None:
+            raise SystemExit(2) from None
+        return float("nan")
     except Exception as err:
         if sweep_context() is None:
             raise
@@ -135,6 +143,8 @@ def main() -> None:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
     _hydra_main()
+    from .sweep import failed_jobs  # filled in by the sweep callback; mlflow loads only once needed
+
     if failed_jobs:
         print(f"error: {len(failed_jobs)} job(s) of the sweep FAILED: {', '.join(failed_jobs)}", file=sys.stderr)
         sys.exit(1)

@@ -209,6 +209,12 @@ class TrackingConfig:
     misclassified_shown: int = 64
     #: In a multirun, skip a job whose identical config and seed already FINISHED in the experiment.
     skip_finished: bool = True
+    #: Continue a killed run of the same config and seed from its last completed pass (false: start anew).
+    resume: bool = True
+    #: Seconds between a training process's heartbeats in its run; a run whose owner missed
+    #: 3 in a row is taken over by the next launch of the same job (a server store; a local
+    #: store knows at once, from its lock).
+    heartbeat_s: float = 30.0
 
 
 @dataclass

@@ -114,6 +114,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.mode = select(data_cfg, "preprocess")
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.checked = False
+        self.order_state: torch.Tensor | None = None
 
     @property
     def input_size(self) -> int:
@@ -165,6 +166,23 @@ class MNISTDataModule(L.LightningDataModule):
         return PAPER_BACKGROUND if self.mode == "paper" else 0.0
 
     def train_dataloader(self) -> TensorBatches | DistortedBatches:
+        self.train_batches = self._make_train_batches()
+        if self.order_state is not None:
+            self.train_batches.generator.set_state(self.order_state)
+            self.order_state = None
+        return self.train_batches
+
+    def state_dict(self) -> dict:
+        """The training order's generator (saved in checkpoints: a resumed run draws the
+        same order for its next pass as an uninterrupted one)."""
+        batches = getattr(self, "train_batches", None)
+        return {"order_generator": batches.generator.get_state()} if batches is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning restores this before it asks for the training batches.
+        self.order_state = state.get("order_generator")
+
+    def _make_train_batches(self) -> TensorBatches | DistortedBatches:
         if select(self.cfg, "augment") == "paper":
             return DistortedBatches(
                 *self.splits["train"], self.cfg.batch_size, self.cfg.distorted_copies,

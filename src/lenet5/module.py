@@ -18,6 +18,7 @@ from .config import select
 from .losses import make_loss
 from .model.lenet5 import CLASSES, LeNet5
 from .optim import make_optimizer, make_schedule
+from .resume import rng_state, set_rng_state
 
 
 class LeNet5Module(L.LightningModule):
@@ -74,6 +75,12 @@ class LeNet5Module(L.LightningModule):
             self.log(f"{name}_error", 100.0 * (1.0 - accuracy.compute()), add_dataloader_idx=False)
             accuracy.reset()
         self.log("step", float(self.current_epoch + 1))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        set_rng_state(checkpoint["rng"])
 
     def configure_optimizers(self):
         optimizer = make_optimizer(self.model.parameters(), self.cfg.optim, self.cfg.data.batch_size)

@@ -10,27 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
-import sqlite3
-import ssl
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
-from lightning.pytorch.loggers import MLFlowLogger
-from mlflow.entities import Param, RunTag
+from lightning.pytorch.loggers import Logger
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from .config import ConfigError, factor_values, is_scientific_key
+from .config import factor_values, is_scientific_key
 from .provenance import source_tags
 
 #: Short names used in run names, e.g. "paper pool=max act=relu seed=1".
@@ -91,103 +84,6 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "databricks"))
 
 
-#: URI schemes MLflow 3 has a tracking store for (mlflow.tracking._tracking_service.utils
-#: registers these; "" is a plain path, i.e. a file store). A database URI may name its
-#: driver after a "+" (postgresql+psycopg2://...).
-STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
-
-#: The first 16 bytes of every SQLite 3 database file.
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-#: How long a tracking server may take to answer the reachability probe, in seconds.
-PROBE_TIMEOUT_S = 5.0
-
-
-def check_store(uri: str, experiment: str) -> None:
-    """Refuse, with one line, a store no run could be recorded in; reads it, never writes.
-
-    Runs before anything trains: without it an unreachable server makes MLflow retry for
-    minutes, and a file that is not an MLflow database is only found when the run is created.
-    """
-    if not experiment.strip():
-        raise ConfigError(f"tracking.experiment='{experiment}' is empty; name the MLflow experiment, e.g. tracking.experiment=lenet5")
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
-    if scheme not in STORE_SCHEMES:
-        raise ConfigError(
-            f"tracking.uri={uri}: unknown scheme '{scheme}'; use sqlite:////ABSOLUTE/PATH.db, "
-            f"http(s)://HOST:PORT (an mlflow server) or another MLflow store ({', '.join(s for s in STORE_SCHEMES if s)})"
-        )
-    if scheme == "sqlite":
-        _check_sqlite_store(uri, experiment)
-    elif scheme in ("http", "https"):
-        _check_server(uri)
-
-
-def _check_sqlite_store(uri: str, experiment: str) -> None:
-    """The file is absent (MLflow creates it) in a writable folder, or an MLflow SQLite store
-    where `experiment`, if present, is not deleted."""
-    path_text = uri.split("://", 1)[1].removeprefix("/")  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
-    if path_text in ("", ":memory:"):
-        raise ConfigError(f"tracking.uri={uri} is an in-memory store that keeps nothing; use sqlite:////ABSOLUTE/PATH.db")
-    path = Path(path_text.split("?", 1)[0]).expanduser()
-    if not path.parent.is_dir():
-        raise ConfigError(f"tracking.uri={uri}: folder {path.parent} does not exist; create it or point tracking.uri elsewhere")
-    if not path.exists():
-        try:  # a real write, not os.access: root passes os.access even where nothing can be written
-            with tempfile.TemporaryFile(dir=path.parent):
-                pass
-        except OSError as err:
-            raise ConfigError(f"tracking.uri={uri}: cannot create files in {path.parent} ({err.strerror}); point tracking.uri elsewhere") from None
-        return
-    if not path.is_file():
-        raise ConfigError(f"tracking.uri={uri}: {path} is not a file; point tracking.uri at a .db file")
-    with path.open("rb") as f:
-        header = f.read(len(SQLITE_HEADER))
-    if header and header != SQLITE_HEADER:
-        raise ConfigError(f"tracking.uri={uri}: {path} is not a SQLite database; point tracking.uri at an MLflow .db file or a new path")
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"tracking.uri={uri}: {path} is not writable; point tracking.uri elsewhere")
-    if not header:  # an empty file: MLflow makes it a store
-        return
-    # Read-only: looking must leave the file byte for byte as it was.
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
-        if "experiments" not in tables:
-            raise ConfigError(f"tracking.uri={uri}: {path} is a SQLite database but not an MLflow store; point tracking.uri at a new path")
-        found = connection.execute("select lifecycle_stage from experiments where name = ?", (experiment,)).fetchone()
-    except sqlite3.DatabaseError as err:
-        raise ConfigError(f"tracking.uri={uri}: {path} cannot be read as a SQLite database ({err})") from None
-    finally:
-        connection.close()
-    if found is not None and found[0] == "deleted":
-        raise ConfigError(
-            f"tracking.experiment={experiment} is deleted in {uri}; restore it "
-            f"(mlflow experiments restore) or choose another tracking.experiment"
-        )
-
-
-def _check_server(uri: str) -> None:
-    """A plain GET of `<uri>/health` (every mlflow server answers it) with a short timeout."""
-    url = uri.rstrip("/") + "/health"
-    context = None
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        context = ssl._create_unverified_context()  # as MLflow itself does with that variable
-    try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S, context=context):
-            return
-    except urllib.error.HTTPError as err:
-        if err.code != 404:
-            return  # it answers (e.g. 401 behind an auth proxy): MLflow reports its own errors
-        raise ConfigError(f"tracking.uri={uri}: {url} answers 404, so no mlflow server is at that address") from None
-    except (urllib.error.URLError, socket.timeout, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise ConfigError(
-            f"tracking.uri={uri}: no MLflow server answered within {PROBE_TIMEOUT_S:.0f} s ({reason}); "
-            f"start one (mlflow server --port PORT) or use the local store (leave tracking.uri unset)"
-        ) from None
-
-
 #: MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds
 #: model training ("custom_model_development"; the alternative is "genai_development").
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -212,11 +108,44 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: str
         return experiment.experiment_id
 
 
-class _MetricsOnlyMLFlowLogger(MLFlowLogger):
-    """Sends Lightning's metrics to a run this module owns; leaves the run's status alone."""
+class PassLogger(Logger):
+    """Lightning's metrics for a run this module owns, held back until the pass is committed.
 
-    def finalize(self, status: str = "success") -> None:
-        pass
+    `log_metrics` only buffers; `commit(tags)` sends the buffer and `tags` to the store in
+    one `log_batch` (one transaction), which `resume.PassCheckpoint` calls once the pass's
+    checkpoint is uploaded. `experiment` (the client) and `run_id` serve callbacks that log
+    artifacts, as on Lightning's MLFlowLogger. The run's status is left to `tracked_run`.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        super().__init__()
+        self._client, self.run_id = client, run_id
+        self.pending: list[Metric] = []
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @property
+    def experiment(self) -> MlflowClient:
+        return self._client
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the whole config is logged as params when the run is created
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        self.pending += [Metric(key, float(value), now, step or 0) for key, value in metrics.items() if key != "epoch"]
+
+    def commit(self, tags: list[RunTag]) -> None:
+        """Send the held metrics and `tags` together (MLflow takes up to 1,000 metrics a batch)."""
+        for start in range(0, max(len(self.pending), 1), 1000):
+            self._client.log_batch(self.run_id, metrics=self.pending[start : start + 1000], tags=tags if start == 0 else [])
+        self.pending = []
 
 
 class _DropPickleWarning(logging.Filter):
@@ -234,11 +163,11 @@ class TrackedRun:
     experiment_name: str
     tracking_uri: str
     name: str
+    #: The unfinished run this one continues (its last committed pass in the `resume.pass` tag), or None.
+    resumed: Any = None
 
-    def lightning_logger(self) -> MLFlowLogger:
-        return _MetricsOnlyMLFlowLogger(
-            experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=self.run_id
-        )
+    def lightning_logger(self) -> PassLogger:
+        return PassLogger(self.client, self.run_id)
 
     def log_params(self, params: dict[str, str]) -> None:
         items = [Param(key, value) for key, value in params.items()]
@@ -303,15 +232,27 @@ class TrackedRun:
 
 
 @contextmanager
-def tracked_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
-    """Create the MLflow run for `cfg`, yield it, and end it FINISHED, FAILED or KILLED."""
+def tracked_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, claim=None) -> Iterator[TrackedRun]:
+    """Create (or, with a `resume.JobClaim`, take over) the MLflow run for `cfg`, yield it, and
+    end it FINISHED, FAILED or KILLED. `TrackedRun.resumed` is the run taken over, or None."""
+    from .resume import claim_run, yield_to_earlier_launch
+
     uri = cfg.tracking.uri
     client = MlflowClient(tracking_uri=uri)
     artifact_root = None if is_remote(uri) else cfg.tracking.artifact_root
     experiment_id = get_or_create_experiment(client, cfg.tracking.experiment, artifact_root)
-    tags = {**run_tags(cfg), **source_tags(), **(extra_tags or {})}
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    tracked = TrackedRun(client, run.info.run_id, cfg.tracking.experiment, uri, name)
+    job_hash = config_hash(cfg)
+    resumed = claim_run(client, claim, experiment_id, job_hash, cfg.tracking.resume) if claim is not None else None
+    if resumed is not None:
+        run_id = resumed.info.run_id
+    else:
+        tags = {**run_tags(cfg), **source_tags(), **(extra_tags or {})}
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    tracked = TrackedRun(client, run_id, cfg.tracking.experiment, uri, name, resumed)
+    if claim is not None:
+        claim.start_heartbeat(client, run_id)
+        if resumed is None:
+            yield_to_earlier_launch(client, claim, experiment_id, job_hash, run_id)
     try:
         yield tracked
     except BaseException as err:

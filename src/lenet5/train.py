@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import warnings
 from typing import Any
 
@@ -23,8 +24,10 @@ from .module import LeNet5Module
 from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .presets import preset_factors
 from .provenance import mnist_inputs
+from .resume import PASS_TAG, JobClaim, PassCheckpoint, delete_checkpoints, download_checkpoint
 from .sweep import find_finished, reuse_finished, sweep_context
-from .tracking import TrackedRun, check_store, config_hash, flatten_config, run_name, tracked_run
+from .store import check_store
+from .tracking import TrackedRun, config_hash, flatten_config, run_name, tracked_run
 from .validate import check_config
 
 
@@ -49,10 +52,12 @@ def prepare(cfg: Any, check_data: bool = True, check_tracking: bool = True) -> t
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
-def make_trainer(cfg: Any, logger) -> L.Trainer:
+def make_trainer(cfg: Any, logger, checkpoint: PassCheckpoint | None = None) -> L.Trainer:
+    """The trainer for `cfg`; `checkpoint` (which needs a PassLogger as `logger`) commits every pass."""
     if torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
-    callbacks: list[L.Callback] = [EpochThroughput()]
+    # The checkpoint goes first: it must save the state from before any callback draws or logs.
+    callbacks: list[L.Callback] = ([checkpoint] if checkpoint is not None else []) + [EpochThroughput()]
     if select(cfg, "optim.name") == "sdlm":
         optim = cfg.optim
         callbacks.append(SDLMCurvature(optim.curvature_samples, cfg.seed, optim.curvature_every, optim.curvature_gamma))
@@ -126,8 +131,24 @@ def log_network(run: TrackedRun, module: LeNet5Module, datamodule: MNISTDataModu
     run.log_model(network, example)
 
 
+def record_setup(run: TrackedRun, cfg: Any, datamodule: MNISTDataModule, counts) -> None:
+    """What a new run records before training: config as params and YAML, dataset inputs, layer table."""
+    run.log_params(flatten_config(cfg))
+    run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    run.log_inputs(mnist_inputs(raw_folder(cfg.data.root), datamodule.split_rows()))
+    run.log_text(counts.to_csv(index=False), "model_layers.csv")
+    run.log_text(counts.to_markdown(index=False), "model_layers.md")
+    total = counts.iloc[-1]
+    run.log_metric("model_trainable_params", total.trainable_params)
+    run.log_metric("model_connections", total.connections)
+
+
 def train(cfg: Any) -> dict[str, Any]:
     """Train the variant `cfg` describes and record it as one MLflow run.
+
+    A run of the same config and seed that was killed (or whose process died) is continued
+    from its last completed pass, in the same MLflow run (resume.py); one that a live process
+    trains raises JobBusy.
 
     Returns {"run_id", "run_name", "test_error" (%), "tracking_uri", "experiment"}.
     """
@@ -148,24 +169,28 @@ def train(cfg: Any) -> dict[str, Any]:
         if sweep["tracking_uri"] == str(cfg.tracking.uri):
             sweep_tags = {"mlflow.parentRunId": sweep["parent_run_id"], "sweep_id": sweep["sweep_id"]}
 
-    with tracked_run(cfg, name, sweep_tags) as run:
-        run.log_params(flatten_config(cfg))
-        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        run.log_inputs(mnist_inputs(raw_folder(cfg.data.root), datamodule.split_rows()))
-        run.log_text(counts.to_csv(index=False), "model_layers.csv")
-        run.log_text(counts.to_markdown(index=False), "model_layers.md")
-        total = counts.iloc[-1]
-        run.log_metric("model_trainable_params", total.trainable_params)
-        run.log_metric("model_connections", total.connections)
+    claim = JobClaim(str(cfg.tracking.uri), str(cfg.tracking.experiment), config_hash(cfg), cfg.tracking.heartbeat_s)
+    try:
+        with tracked_run(cfg, name, sweep_tags, claim) as run, tempfile.TemporaryDirectory() as scratch:
+            if run.resumed is None:
+                record_setup(run, cfg, datamodule, counts)
+                committed, ckpt_path = 0, None
+            else:
+                committed = int(run.resumed.data.tags[PASS_TAG])
+                ckpt_path = download_checkpoint(run.client, run.resumed, scratch)
+                print(f"resume: run {run.run_id} from pass {committed} of {cfg.trainer.max_epochs}")
 
-        trainer = make_trainer(cfg, run.lightning_logger())
-        trainer.fit(module, datamodule=datamodule)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        test_error = log_test_artifacts(run, cfg, module, datamodule)
-        if select(cfg, "data.augment") == "paper":
-            log_distortions(run, datamodule)
-        log_network(run, module, datamodule)
+            trainer = make_trainer(cfg, run.lightning_logger(), PassCheckpoint(run.client, run.run_id, committed))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+            if trainer.interrupted:
+                raise KeyboardInterrupt
+            test_error = log_test_artifacts(run, cfg, module, datamodule)
+            if select(cfg, "data.augment") == "paper":
+                log_distortions(run, datamodule)
+            log_network(run, module, datamodule)
+    finally:
+        claim.release()
+    delete_checkpoints(run.client, run.run_id)
 
     print(
         f"\n{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs "

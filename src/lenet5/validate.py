@@ -136,6 +136,8 @@ def check_ranges(cfg: Any) -> None:
         )  # fmt: skip
     shown = cfg.tracking.misclassified_shown
     _require(shown >= 0, "tracking.misclassified_shown", shown, "must be >= 0")
+    heartbeat = cfg.tracking.heartbeat_s
+    _require(math.isfinite(heartbeat) and heartbeat > 0, "tracking.heartbeat_s", heartbeat, "must be a positive number of seconds")
 
 
 def check_distortion(cfg: Any) -> None:
