@@ -28,6 +28,7 @@ report: $(STAMP)
 
 ## Browse every run in the local store
 ui: $(STAMP)
+	@echo "open http://127.0.0.1:5000/#/?workflowType=machine_learning (MLflow's model-training view)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 clean-venv:

@@ -195,9 +195,19 @@ def train(cfg: Any) -> dict[str, Any]:
     print(
         f"\n{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs "
         f"(run {run.run_id} in experiment '{cfg.tracking.experiment}')\n"
-        f"browse all runs: mlflow ui --backend-store-uri {cfg.tracking.uri}"
+        f"browse all runs: mlflow ui --backend-store-uri {cfg.tracking.uri}, then open\n"
+        f"  {ui_address(cfg, run)}"
     )
     return _result(run.run_id, name, test_error, cfg)
+
+
+def ui_address(cfg: Any, run: TrackedRun) -> str:
+    """The run's page in the MLflow UI, on its model-training view: MLflow 3.17's UI opens on a
+    GenAI overview in a new browser whatever the experiment's kind tag says, unless asked."""
+    uri = str(cfg.tracking.uri)
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    experiment_id = run.client.get_run(run.run_id).info.experiment_id
+    return f"{base}/#/experiments/{experiment_id}/runs/{run.run_id}?workflowType=machine_learning"
 
 
 def _result(run_id: str, name: str, test_error: float, cfg: Any) -> dict[str, Any]:
