@@ -153,6 +153,13 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     return study, run, hydra
 
 
+def check_owned(run_args: list[str]) -> None:
+    """Refuse a key the study sets itself in each stage (one line naming the study setting to use)."""
+    for arg in run_args:
+        if _key(arg) in OWNED_KEYS:
+            raise ConfigError(f"{arg} cannot be given to a study: {OWNED_KEYS[_key(arg)]}")
+
+
 def variants_of(run_args: list[str]) -> list[Variant]:
     """The variants of `python run.py -m RUN_ARGS` (a sweep preset or one's own multirun),
     each once whatever its seeds; raises ConfigError for a key the study owns."""
@@ -160,9 +167,7 @@ def variants_of(run_args: list[str]) -> list[Variant]:
     from .presets import compose_config, preset_factors
     from .tracking import run_name
 
-    for arg in run_args:
-        if _key(arg) in OWNED_KEYS:
-            raise ConfigError(f"{arg} cannot be given to a study: {OWNED_KEYS[_key(arg)]}")
+    check_owned(run_args)
     jobs, _ = job_overrides(["-m", *run_args])
     unique = dict.fromkeys(tuple(o for o in job if _key(o) not in ("seed", "sweep")) for job in jobs)
     variants, labels = [], set()
@@ -446,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study_args, run_args, hydra_args = split_arguments(argv)
         cfg = load_study_config(study_args)
+        check_owned(run_args)
         from .cli import check_command_line
 
         check_command_line(["-m", *run_args, *hydra_args])  # every job of the sweep, as run.py checks it
