@@ -108,11 +108,13 @@ def _markdown(display: pd.DataFrame) -> str:
     return display.to_markdown(index=False, disable_numparse=True, colalign=_alignment(display))
 
 
-def _write_tables(display: pd.DataFrame, numbers: pd.DataFrame, highlighted: pd.Series | None, caption: str, stem: Path) -> dict[str, Path]:
-    """stem.md and stem.tex and stem.html from the text table `display`, stem.csv from the
-    unrounded `numbers`; returns {file name: path}."""
+def _write_tables(
+    display: pd.DataFrame, numbers: pd.DataFrame, highlighted: pd.Series | None, caption: str, stem: Path, note: str = ""
+) -> dict[str, Path]:
+    """stem.md and stem.tex and stem.html from the text table `display` (`note` below the
+    Markdown table), stem.csv from the unrounded `numbers`; returns {file name: path}."""
     paths = {suffix: stem.with_suffix(f".{suffix}") for suffix in ("md", "tex", "csv", "html")}
-    paths["md"].write_text(_markdown(display) + "\n", encoding="utf-8")
+    paths["md"].write_text(_markdown(display) + "\n" + (f"\n{note}\n" if note else ""), encoding="utf-8")
     numbers.to_csv(paths["csv"], index=False)
     latex = (
         _styled(display, highlighted, "font-weight: bold;")
@@ -127,6 +129,24 @@ def _write_tables(display: pd.DataFrame, numbers: pd.DataFrame, highlighted: pd.
     return {path.name: path for path in paths.values()}
 
 
+#: What a table's numbers measure, by how its runs' training recipes were chosen (the `stage`
+#: tag a fair study puts on its finals, lenet5.study).
+RECIPE_NOTES = {
+    "fixed": "Fixed recipe: every variant trained with its preset's optimizer settings, none tuned for it, "
+    "so the table also measures how well that recipe suits each variant (README: Fair studies).",
+    "tuned": "Tuned recipe: each variant's learning rate selected on the validation error of held-out "
+    "training images, never on test (tuning.md), then trained on all training images over seeds.",
+    "mixed": "Mixed recipes: some runs are a fair study's finals (learning rate tuned per variant), "
+    "others trained with their preset's fixed settings; compare with care.",
+}
+
+
+def recipe_of(runs: pd.DataFrame) -> str:
+    """"tuned" when every run is a study's final, "fixed" when none is, else "mixed"."""
+    finals = (runs["stage"] == "final") if "stage" in runs else pd.Series(False, index=runs.index)
+    return "tuned" if finals.all() else "fixed" if not finals.any() else "mixed"
+
+
 def write_report(
     tracking_uri: str,
     experiment: str,
@@ -138,15 +158,31 @@ def write_report(
     into `out_dir` (created if needed); returns {file name: path}. `baseline`: a variant label
     or key=value filters (see `analysis.stats.select_baseline`). Raises ReportError."""
     runs = load_runs(tracking_uri, experiment, sweep_id)
-    variants, factors = variant_table(runs, baseline), factor_table(runs)
+    scope = f"experiment '{experiment}'" + (f", sweep {sweep_id}" if sweep_id else "")
+    return write_tables(runs, tracking_uri, out_dir, scope, baseline)
+
+
+def write_tables(
+    runs: pd.DataFrame,
+    tracking_uri: str,
+    out_dir: str | Path,
+    scope: str,
+    baseline: str | None = None,
+    tuned: tuple[str, ...] = (),
+) -> dict[str, Path]:
+    """`write_report` for the runs of `load_runs`' frame `runs` (`scope` names them in the
+    captions); `tuned`: params selected per variant, no difference in the factor table."""
+    if runs["test_error"].isna().all():
+        raise ReportError(f"no run of {scope} has a test error (a study's tuning runs evaluate validation only)")
+    variants, factors = variant_table(runs, baseline), factor_table(runs, tuned)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scope = f"experiment '{experiment}'" + (f", sweep {sweep_id}" if sweep_id else "")
+    note = RECIPE_NOTES[recipe_of(runs)]
     files = _write_tables(
-        variants_display(variants), variants, variants["best"], f"Final test error per variant, {scope}", out / "variants"
+        variants_display(variants), variants, variants["best"], f"Final test error per variant, {scope}. {note}", out / "variants", note
     )
     files |= _write_tables(
-        factors_display(factors), factors, None, f"Effect of each factor on test error, {scope}", out / "factors"
+        factors_display(factors), factors, None, f"Effect of each factor on test error, {scope}. {note}", out / "factors", note
     )
     runs.to_csv(out / "runs.csv", index=False)
     files["runs.csv"] = out / "runs.csv"

@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from lenet5.config import DEFAULT_TRACKING_URI  # noqa: F401  (re-exported: report, notebook)
-from lenet5.config import ABLATION_FACTORS, NON_SCIENTIFIC_KEYS, is_scientific_key
+from lenet5.config import ABLATION_FACTORS, KEYS_ADDED_LATER, NON_SCIENTIFIC_KEYS, is_scientific_key
 
 #: The factor columns of `load_runs`' frame, in the config's order (pool, activation, ...).
 FACTORS: tuple[str, ...] = tuple(ABLATION_FACTORS)
@@ -34,6 +34,10 @@ CURVE_METRICS = ("test_error", "train_error", "val_error", "train_loss")
 REUSED_TAG_PREFIX = "tags.sweep.reused_by."
 
 _SEED_SUFFIX = re.compile(r" seed=-?\d+$")
+
+#: Tag of a fair study's runs (lenet5.study): `tune` (learning rate search on a validation split,
+#: no test evaluation) or `final` (the selected recipe over seeds, on the test set).
+STAGE_TAG = "stage"
 
 
 class ReportError(ValueError):
@@ -74,7 +78,13 @@ def _experiment_id(client: MlflowClient, experiment: str) -> str:
     return found.experiment_id
 
 
-def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None, statuses: tuple[str, ...] = ("FINISHED",)) -> pd.DataFrame:
+def load_runs(
+    tracking_uri: str,
+    experiment: str,
+    sweep_id: str | None = None,
+    statuses: tuple[str, ...] = ("FINISHED",),
+    with_tuning: bool = False,
+) -> pd.DataFrame:
     """Every FINISHED training run of `experiment` (of sweep `sweep_id` when given), one row each.
 
     Columns: run_id, run_name, variant (the run name without " seed=N"; a short
@@ -85,7 +95,9 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None, s
     scientific param other than the factors under its config key (`optim.lr`, `data.batch_size`,
     ...; strings as logged). Sweep parents (no `config_hash` tag) and runs that did not finish
     are left out (`statuses` widens that: ("FINISHED", "KILLED") keeps stopped runs too, with a
-    `status` column). Rows are in start order.
+    `status` column). A study's tuning runs (tag `stage=tune`: validation error only, no test
+    error) are left out too unless `with_tuning`; a `stage` column says which runs are a study's
+    finals. Rows are in start order.
     """
     client = _client(tracking_uri)
     experiment_id = _experiment_id(client, experiment)
@@ -105,7 +117,10 @@ def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None, s
         reused = raw[REUSED_TAG_PREFIX + sweep_id] == "true" if sweep_id in reused_by else False
         raw = raw[own | reused]
     is_training_run = raw["tags.config_hash"].notna() if "tags.config_hash" in raw else False
-    raw = raw[raw["status"].isin(statuses) & is_training_run]
+    keep = raw["status"].isin(statuses) & is_training_run
+    if not with_tuning:
+        keep &= raw.get(f"tags.{STAGE_TAG}", pd.Series(None, index=raw.index, dtype=object)) != "tune"
+    raw = raw[keep]
     if raw.empty:
         where = f"sweep '{sweep_id}' of experiment '{experiment}'" if sweep_id else f"experiment '{experiment}'"
         raise ReportError(f"no {'/'.join(statuses)} training runs in {where}")
@@ -132,6 +147,7 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
             "sweep_id": raw["tags.sweep_id"] if "tags.sweep_id" in raw else None,
             "start_time": raw["start_time"],
             "end_time": raw["end_time"],
+            "stage": raw[f"tags.{STAGE_TAG}"] if f"tags.{STAGE_TAG}" in raw else None,
             # .get: runs recorded before a factor or label existed lack its tag (NaN here).
             **{label: raw.get(f"tags.{tag}") for label, tag in LABELS.items()},
             **{factor: raw.get(f"tags.ablation.{factor}") for factor in FACTORS},
@@ -139,6 +155,13 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
             **{column.removeprefix("params."): raw[column] for column in sorted(params)},
         }
     ).reset_index(drop=True)
+    # Runs recorded before a key existed trained with its earlier value (all of them on MNIST).
+    for key, value in KEYS_ADDED_LATER.items():
+        if key in frame:
+            frame[key] = frame[key].fillna(value)
+    for factor, key in ABLATION_FACTORS.items():
+        if key in KEYS_ADDED_LATER and factor in frame:
+            frame[factor] = frame[factor].fillna(KEYS_ADDED_LATER[key])
     frame.insert(2, "variant", _variant_labels(frame))
     return frame
 

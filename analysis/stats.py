@@ -216,10 +216,11 @@ class _Comparison:
         return "; ".join(flags)
 
 
-def _comparisons(runs: pd.DataFrame) -> list[_Comparison]:
-    """Every pair of variants that differs in at least one factor and shares at least one seed."""
+def _comparisons(runs: pd.DataFrame, tuned: tuple[str, ...] = ()) -> list[_Comparison]:
+    """Every pair of variants that differs in at least one factor and shares at least one seed
+    (params in `tuned` are not differences: see `factor_table`)."""
     errors = seed_errors(runs)
-    params = scientific_params(runs)
+    params = [key for key in scientific_params(runs) if key not in tuned]
     configs = runs.drop_duplicates("variant").set_index("variant", drop=False)
     found = []
     for name_a, name_b in itertools.combinations(configs.index, 2):
@@ -242,7 +243,7 @@ def _comparisons(runs: pd.DataFrame) -> list[_Comparison]:
     return found
 
 
-def factor_table(runs: pd.DataFrame) -> pd.DataFrame:
+def factor_table(runs: pd.DataFrame, tuned: tuple[str, ...] = ()) -> pd.DataFrame:
     """The effect of each ablation factor, from whichever variant pairs isolate it.
 
     A pair of variants that differs in exactly one factor (plus that factor's own `optim.*` /
@@ -257,8 +258,11 @@ def factor_table(runs: pd.DataFrame) -> pd.DataFrame:
     clean row and only when no other such pair differs in a strict subset of what they
     differ in. Columns: see `FACTOR_COLUMNS`; clean rows have an empty flag. Rows: in the
     config's factor order, clean before flagged.
+
+    `tuned`: params each variant had selected for it on validation data (a fair study's
+    `optim.lr`): nuisance settings that are meant to differ, so they are no difference.
     """
-    comparisons = _comparisons(runs)
+    comparisons = _comparisons(runs, tuned)
     cleanly_measured = {c.factors[0] for c in comparisons if c.clean}
     candidates = [c for c in comparisons if not c.clean]
     shown = [

@@ -69,6 +69,11 @@ class Init(str, enum.Enum):
     truncated_normal = "truncated_normal"  # TF tutorial: N(0, 1) truncated at 2 std, biases too
 
 
+class Dataset(str, enum.Enum):
+    mnist = "mnist"  # paper
+    fashion_mnist = "fashion_mnist"  # Xiao et al. 2017: MNIST's format, ten kinds of clothing
+
+
 class Preprocess(str, enum.Enum):
     paper = "paper"  # pad to 32x32, background -0.1, foreground 1.175
     unit = "unit"  # the tutorials': 28x28, pixels in [0, 1]
@@ -134,9 +139,11 @@ class DistortionConfig:
 
 @dataclass
 class DataConfig:
-    #: Folder holding MNIST/raw/ (torchvision's layout); `$MNIST_ROOT` when set, else ./data.
+    #: Which images: MNIST, or Fashion-MNIST (same format, under <root>/FashionMNIST/raw/).
+    dataset: Dataset = Dataset.mnist
+    #: Folder holding MNIST/raw/ (and FashionMNIST/raw/; torchvision's layout); `$MNIST_ROOT` when set, else ./data.
     root: str = "${oc.env:MNIST_ROOT,${project_dir:}/data}"
-    #: Fetch MNIST when files are missing (never happens when they are present and verified).
+    #: Fetch the dataset when files are missing (never happens when they are present and verified).
     download: bool = True
     preprocess: Preprocess = Preprocess.paper
     #: Train on the first N training images (0 = all 60,000 minus the validation split).
@@ -145,6 +152,9 @@ class DataConfig:
     val_size: int = 0
     #: Evaluate on the first N test images (0 = all 10,000). Tests use it to stay fast.
     test_subset: int = 0
+    #: false: the test split is never loaded or evaluated (a tuning run selects on val_error,
+    #: so no test number exists that could steer the choice); needs data.val_size > 0.
+    test: bool = True
     batch_size: int = 32
     eval_batch_size: int = 2000
     augment: Augment = Augment.none
@@ -244,12 +254,19 @@ ABLATION_FACTORS: dict[str, str] = {
     "optim": "optim.name",
     "preprocess": "data.preprocess",
     "augment": "data.augment",
+    "dataset": "data.dataset",
 }
 
 
 #: Config keys that do not change what is trained (where it is logged, how it is shown, where
 #: the data lives): left out of the config hash and of the analysis' comparisons.
 NON_SCIENTIFIC_KEYS = ("tracking", "trainer.progress_bar", "trainer.accelerator", "trainer.devices", "data.root", "data.download")
+
+
+#: Keys added after runs were recorded, with the value every earlier run trained with. At that
+#: value a key is left out of the config hash, so earlier runs keep their hash (a re-run of their
+#: sweep still skips them), and the analysis fills it in for runs that lack it.
+KEYS_ADDED_LATER = {"data.dataset": "mnist", "data.test": "True"}
 
 
 def is_scientific_key(key: str, ignored: tuple[str, ...] = NON_SCIENTIFIC_KEYS) -> bool:

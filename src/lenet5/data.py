@@ -1,4 +1,9 @@
-"""MNIST: verified on disk, loaded once into tensors on the training device, served by index.
+"""MNIST and Fashion-MNIST: verified on disk, loaded once into tensors on the training device,
+served by index.
+
+Fashion-MNIST (Xiao, Rasul, Vollgraf, 2017) has MNIST's format exactly: 60,000 + 10,000 28x28
+grey images in ten classes, the same four IDX file names, under <root>/FashionMNIST/raw/
+(torchvision's layout), so it goes through the same splits and preprocessing.
 
 No per-sample PIL/ToTensor work happens while training: each split is one (N, 1, S, S)
 float tensor and a batch is `images[index]`.
@@ -13,7 +18,7 @@ import lightning as L
 import torch
 
 from .batches import TensorBatches
-from .config import ConfigError, select
+from .config import ConfigError, Dataset, select
 from .distortions import DistortedBatches
 
 #: The canonical SHA-256 of the four uncompressed MNIST files (as published with MNIST).
@@ -23,6 +28,20 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+#: The same for Fashion-MNIST (/work/shared/data/FashionMNIST.SHA256SUMS; torchvision's copies).
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+#: Per `data.dataset`: the folder under data.root (torchvision's class name), the files' SHA-256
+#: and the torchvision class that reads (and downloads) them. Both have 60,000 + 10,000 images.
+DATASETS = {
+    "mnist": ("MNIST", MNIST_SHA256, "MNIST"),
+    "fashion_mnist": ("FashionMNIST", FASHION_MNIST_SHA256, "FashionMNIST"),
+}
+assert set(DATASETS) == {d.value for d in Dataset}
 MNIST_TRAIN_SIZE, MNIST_TEST_SIZE = 60_000, 10_000
 
 #: Paper, section II.B: background -0.1 and foreground 1.175, so the mean is about 0 and the
@@ -38,53 +57,59 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def raw_folder(root: str | Path) -> Path:
-    """The absolute folder holding the four MNIST files under data.root (torchvision's layout)."""
-    return Path(root).expanduser().resolve() / "MNIST" / "raw"
+def _torchvision_class(dataset: str):
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, DATASETS[dataset][2])
 
 
-def ensure_mnist(root: str | Path, download: bool) -> Path:
-    """Check (and fetch, when allowed and missing) MNIST under `root`/MNIST/raw/.
+def raw_folder(root: str | Path, dataset: str = "mnist") -> Path:
+    """The absolute folder holding the dataset's four files under data.root (torchvision's
+    layout: <root>/MNIST/raw or <root>/FashionMNIST/raw)."""
+    return Path(root).expanduser().resolve() / DATASETS[dataset][0] / "raw"
+
+
+def ensure_mnist(root: str | Path, download: bool, dataset: str = "mnist") -> Path:
+    """Check (and fetch, when allowed and missing) `dataset` (MNIST by default, or
+    fashion_mnist) under `root`/<its folder>/raw/.
 
     Returns the raw folder. Raises ConfigError with one line naming the file at fault
     and what to do, before any training starts.
     """
-    raw = raw_folder(root)
-    missing = [name for name in MNIST_SHA256 if not (raw / name).is_file()]
+    folder, sha256, _ = DATASETS[dataset]
+    raw = raw_folder(root, dataset)
+    missing = [name for name in sha256 if not (raw / name).is_file()]
     if missing and download:
-        from torchvision.datasets import MNIST
-
+        source = _torchvision_class(dataset)
         try:
-            MNIST(str(raw.parent.parent), train=True, download=True)
-            MNIST(str(raw.parent.parent), train=False, download=True)
+            source(str(raw.parent.parent), train=True, download=True)
+            source(str(raw.parent.parent), train=False, download=True)
         except Exception as err:  # network, disk: say which and how to recover
             reason = " ".join(str(err).split())
             raise ConfigError(
-                f"could not download MNIST into {raw} ({reason}); copy the four IDX files there, "
-                f"or set data.root (or $MNIST_ROOT) to a folder holding MNIST/raw/"
+                f"could not download {folder} into {raw} ({reason}); copy the four IDX files there, "
+                f"or set data.root (or $MNIST_ROOT) to a folder holding {folder}/raw/"
             ) from None
-        missing = [name for name in MNIST_SHA256 if not (raw / name).is_file()]
+        missing = [name for name in sha256 if not (raw / name).is_file()]
     if missing:
         raise ConfigError(
-            f"MNIST file {raw / missing[0]} is missing; set data.root (or $MNIST_ROOT) to a folder "
-            f"holding MNIST/raw/, or data.download=true to fetch it"
+            f"{folder} file {raw / missing[0]} is missing; set data.root (or $MNIST_ROOT) to a folder "
+            f"holding {folder}/raw/, or data.download=true to fetch it"
         )
-    for name, expected in MNIST_SHA256.items():
+    for name, expected in sha256.items():
         actual = _sha256(raw / name)
         if actual != expected:
             raise ConfigError(
-                f"MNIST file {raw / name} is corrupt (SHA-256 {actual[:12]}..., expected {expected[:12]}...); "
+                f"{folder} file {raw / name} is corrupt (SHA-256 {actual[:12]}..., expected {expected[:12]}...); "
                 f"delete it and run again with data.download=true, or point data.root at a good copy"
             )
     return raw
 
 
-def load_mnist_split(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 28, 28) uint8, labels (N,) int64) of the training or test split."""
-    from torchvision.datasets import MNIST
-
-    dataset = MNIST(str(Path(root).expanduser().resolve()), train=train, download=False)
-    return dataset.data, dataset.targets.long()
+def load_mnist_split(root: str | Path, train: bool, dataset: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 28, 28) uint8, labels (N,) int64) of the training or test split of `dataset`."""
+    source = _torchvision_class(dataset)(str(Path(root).expanduser().resolve()), train=train, download=False)
+    return source.data, source.targets.long()
 
 
 def preprocess(images: torch.Tensor, mode: str) -> torch.Tensor:
@@ -103,7 +128,8 @@ def preprocess(images: torch.Tensor, mode: str) -> torch.Tensor:
 
 class MNISTDataModule(L.LightningDataModule):
     """Splits: `train` (the first `train_subset` of the images left after the validation
-    hold-out), `val` (the last `val_size` training images, if any) and `test` (10,000).
+    hold-out), `val` (the last `val_size` training images, if any) and `test` (10,000, or the
+first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or Fashion-MNIST).
 
     `data_cfg` is the `data` node of the config; `seed` orders the training passes.
     """
@@ -112,6 +138,7 @@ class MNISTDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.seed = data_cfg, seed
         self.mode = select(data_cfg, "preprocess")
+        self.dataset = select(data_cfg, "dataset")
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.checked = False
         self.order_state: torch.Tensor | None = None
@@ -128,8 +155,13 @@ class MNISTDataModule(L.LightningDataModule):
                 f"data.train_subset={subset} with data.val_size={val} asks for more than the "
                 f"{MNIST_TRAIN_SIZE} MNIST training images"
             )
-        ensure_mnist(self.cfg.root, self.cfg.download)
+        ensure_mnist(self.cfg.root, self.cfg.download, self.dataset)
         self.checked = True
+
+    @property
+    def raw_folder(self) -> Path:
+        """Where this run's dataset files are (for the dataset inputs it logs)."""
+        return raw_folder(self.cfg.root, self.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -137,8 +169,9 @@ class MNISTDataModule(L.LightningDataModule):
         if not self.checked:  # prepare() normally checked already: hashing 55 MB once is enough
             self.check()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        files = {True: load_mnist_split(self.cfg.root, train=True), False: load_mnist_split(self.cfg.root, train=False)}
-        for name, (from_train, start, stop) in self.split_rows().items():
+        rows = self.split_rows()
+        files = {side: load_mnist_split(self.cfg.root, side, self.dataset) for side in {r[0] for r in rows.values()}}
+        for name, (from_train, start, stop) in rows.items():
             images, labels = files[from_train]
             self.splits[name] = (images[start:stop], labels[start:stop])
         self.splits = {
@@ -152,13 +185,14 @@ class MNISTDataModule(L.LightningDataModule):
         rows = {"train": (True, 0, self.cfg.train_subset or pool)}
         if n_val:
             rows["val"] = (True, pool, MNIST_TRAIN_SIZE)
-        rows["test"] = (False, 0, self.cfg.test_subset or MNIST_TEST_SIZE)
+        if self.cfg.test:  # data.test=false (tuning): the test images are never even loaded
+            rows["test"] = (False, 0, self.cfg.test_subset or MNIST_TEST_SIZE)
         return rows
 
     @property
     def eval_split_names(self) -> list[str]:
         """Names of the evaluation loaders, in `val_dataloader()` order."""
-        return ["test"] + (["val"] if self.cfg.val_size else [])
+        return (["test"] if self.cfg.test else []) + (["val"] if self.cfg.val_size else [])
 
     @property
     def background(self) -> float:

@@ -1,5 +1,6 @@
 """Where a run came from, in MLflow's own vocabulary: the code (git commit, dirty flag, the
-script) as `mlflow.source.*` tags, and the MNIST splits as logged dataset inputs.
+script) as `mlflow.source.*` tags, and the dataset's splits (MNIST or Fashion-MNIST) as logged
+dataset inputs.
 
 MlflowClient.create_run adds none of these (only the fluent `mlflow.start_run` resolves
 source tags), so the suite sets them itself.
@@ -26,7 +27,7 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from .config import PROJECT_DIR
-from .data import MNIST_SHA256
+from .data import DATASETS
 
 #: Tag saying whether the working tree differed from the commit (tracked or untracked files).
 GIT_DIRTY_TAG = "git_dirty"
@@ -67,8 +68,9 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
-def mnist_inputs(raw_dir: Path, split_rows: dict[str, tuple[bool, int, int]]) -> list[DatasetInput]:
-    """One dataset input per split used: name `mnist`, context training / validation / test.
+def mnist_inputs(raw_dir: Path, split_rows: dict[str, tuple[bool, int, int]], dataset: str = "mnist") -> list[DatasetInput]:
+    """One dataset input per split used: name `dataset` (`mnist` or `fashion_mnist`), context
+    training / validation / test.
 
     `split_rows` is MNISTDataModule.split_rows(): {split: (from the training files?, first
     row, row after the last)}. The digest is a hash of the split's two files' SHA-256 and its
@@ -76,18 +78,19 @@ def mnist_inputs(raw_dir: Path, split_rows: dict[str, tuple[bool, int, int]]) ->
     splits are three datasets: MLflow links a dataset to a run once). The profile states the
     files, rows and number of images.
     """
+    sha256 = DATASETS[dataset][1]
     inputs = []
     with warnings.catch_warnings():  # MLflow registers the local source class twice and warns that it picked one
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(raw_dir))  # a local-folder source, as mlflow.data.from_* would make
     for split, (from_train, start, stop) in split_rows.items():
         files = MNIST_FILES[from_train]
-        digest = hashlib.sha256(json.dumps([[MNIST_SHA256[f] for f in files], start, stop]).encode()).hexdigest()[:16]
-        meta = MetaDataset(source, name="mnist", digest=digest).to_dict()
+        digest = hashlib.sha256(json.dumps([[sha256[f] for f in files], start, stop]).encode()).hexdigest()[:16]
+        meta = MetaDataset(source, name=dataset, digest=digest).to_dict()
         profile = {"split": split, "num_images": stop - start, "rows": f"{start}:{stop}", "files": list(files)}
-        dataset = Dataset(
+        entity = Dataset(
             name=meta["name"], digest=meta["digest"], source_type=meta["source_type"], source=meta["source"],
             profile=json.dumps(profile),
         )  # fmt: skip
-        inputs.append(DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, SPLIT_CONTEXTS[split])]))
+        inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, SPLIT_CONTEXTS[split])]))
     return inputs

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from .config import factor_values, is_scientific_key
+from .config import KEYS_ADDED_LATER, factor_values, is_scientific_key
 from .provenance import source_tags
 
 #: Short names used in run names, e.g. "paper pool=max act=relu seed=1".
@@ -45,13 +45,14 @@ def config_hash(cfg: Any, *, include_seed: bool = True) -> str:
     """Short hash of everything that changes what is trained (seed optional).
 
     Two runs with the same hash trained the same variant on the same data with the same
-    recipe; `include_seed=False` groups the seeds of one variant.
+    recipe; `include_seed=False` groups the seeds of one variant. A key of `KEYS_ADDED_LATER`
+    at its earlier value is left out, so runs recorded before it existed keep their hash.
     """
     flat = flatten_config(cfg)
     kept = {
         key: value
         for key, value in flat.items()
-        if is_scientific_key(key) and (include_seed or key != "seed")
+        if is_scientific_key(key) and (include_seed or key != "seed") and KEYS_ADDED_LATER.get(key) != value
     }
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -16,7 +16,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from .callbacks import EpochThroughput, SDLMCurvature
 from .config import select
-from .data import MNISTDataModule, raw_folder
+from .data import MNISTDataModule
 from .distortions import distort
 from .model.counts import counts_table
 from .model.lenet5 import CLASSES
@@ -127,7 +127,7 @@ def log_network(run: TrackedRun, module: LeNet5Module, datamodule: MNISTDataModu
     """The trained network as the run's MLflow model, on the CPU (loadable without a GPU),
     with the first test image, preprocessed, as its input example ((1, 1, S, S) float32)."""
     network = copy.deepcopy(module.model).cpu().eval()
-    example = datamodule.splits["test"][0][:1].cpu().numpy()
+    example = datamodule.splits["test" if "test" in datamodule.splits else "val"][0][:1].cpu().numpy()
     run.log_model(network, example)
 
 
@@ -135,7 +135,7 @@ def record_setup(run: TrackedRun, cfg: Any, datamodule: MNISTDataModule, counts)
     """What a new run records before training: config as params and YAML, dataset inputs, layer table."""
     run.log_params(flatten_config(cfg))
     run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    run.log_inputs(mnist_inputs(raw_folder(cfg.data.root), datamodule.split_rows()))
+    run.log_inputs(mnist_inputs(datamodule.raw_folder, datamodule.split_rows(), datamodule.dataset))
     run.log_text(counts.to_csv(index=False), "model_layers.csv")
     run.log_text(counts.to_markdown(index=False), "model_layers.md")
     total = counts.iloc[-1]
@@ -184,7 +184,8 @@ def train(cfg: Any) -> dict[str, Any]:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
             if trainer.interrupted:
                 raise KeyboardInterrupt
-            test_error = log_test_artifacts(run, cfg, module, datamodule)
+            # data.test=false (a tuning run): no test split exists, so no test number is made.
+            test_error = log_test_artifacts(run, cfg, module, datamodule) if cfg.data.test else float("nan")
             if select(cfg, "data.augment") == "paper":
                 log_distortions(run, datamodule)
             log_network(run, module, datamodule)

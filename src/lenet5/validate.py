@@ -129,6 +129,10 @@ def check_ranges(cfg: Any) -> None:
         data.test_subset <= MNIST_TEST_SIZE, "data.test_subset", data.test_subset,
         f"asks for more than the {MNIST_TEST_SIZE} MNIST test images (0 = all of them)",
     )  # fmt: skip
+    _require(
+        data.test or data.val_size > 0, "data.test", data.test,
+        "with data.val_size=0 evaluates nothing; hold out a validation split (data.val_size=10000) or use data.test=true",
+    )  # fmt: skip
     if select(cfg, "data.augment") == "paper":
         _require(
             data.distorted_copies >= 1, "data.distorted_copies", data.distorted_copies,

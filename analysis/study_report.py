@@ -1,0 +1,64 @@
+"""The report of a fair study (lenet5.study): the finals' tables as `analysis.report` writes
+them, the learning rate each variant got with the budget spent finding it, and the tuning plot.
+
+Files (in `out`): study.md (one row per variant: the finals' test error beside the selected
+rate, its validation error, the range, an edge flag and the budget), tuning.{md,csv},
+tuning_trials.csv (every tuning run), tuning.png, and everything `analysis.report` writes for
+the finals (variants.*, factors.*, runs.csv, the figures), captioned as a tuned recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots
+from .report import BEST_MARK, RECIPE_NOTES, _markdown, variants_display, write_tables
+from .runs import ReportError, load_runs
+from .stats import variant_table
+from .tuning import selection_display, tuning_figure
+
+#: The params a study selects per variant: never a difference between variants in its factor table.
+TUNED_PARAMS = ("optim.lr",)
+
+
+def write_study_report(
+    tracking_uri: str,
+    experiment: str,
+    out_dir: str | Path,
+    trials: pd.DataFrame,
+    selection: pd.DataFrame,
+    finals: dict[str, str],
+    scope: str,
+    baseline: str | None = None,
+) -> dict[str, Path]:
+    """Write the study's report into `out_dir`; returns {file name: path}.
+
+    `trials` and `selection`: analysis.tuning's frames; `finals`: {final run id: the study's
+    label of its variant} (the labels of `trials`).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    tuning = selection_display(selection)
+    (out / "tuning.md").write_text(_markdown(tuning) + "\n", encoding="utf-8")
+    selection.to_csv(out / "tuning.csv", index=False)
+    trials.to_csv(out / "tuning_trials.csv", index=False)
+    files |= {name: out / name for name in ("tuning.md", "tuning.csv", "tuning_trials.csv")}
+    files["tuning.png"] = plots.save(tuning_figure(trials, selection), out / "tuning.png")
+    if not finals:
+        return files
+    runs = load_runs(tracking_uri, experiment)
+    runs = runs[runs["run_id"].isin(finals)].copy()
+    if runs.empty:
+        raise ReportError(f"none of the {len(finals)} final runs of {scope} is FINISHED in experiment '{experiment}'")
+    runs["variant"] = runs["run_id"].map(finals)
+    files |= write_tables(runs, tracking_uri, out, scope, baseline, tuned=TUNED_PARAMS)
+    shown = variants_display(variant_table(runs, baseline))
+    shown["key"] = shown["variant"].str.removesuffix(f" {BEST_MARK}")
+    combined = shown.merge(tuning.drop(columns="optimizer"), left_on="key", right_on="variant", how="left", suffixes=("", "_tuning"))
+    combined = combined.drop(columns=["key", "variant_tuning"])
+    (out / "study.md").write_text(_markdown(combined) + f"\n\n{RECIPE_NOTES['tuned']}\n", encoding="utf-8")
+    files["study.md"] = out / "study.md"
+    return files
