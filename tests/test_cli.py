@@ -154,6 +154,7 @@ MORE_BAD_INPUTS = [
     (["optim.curvature_every=-1"], "optim.curvature_every=-1"),
     (["optim.curvature_gamma=1.5"], "optim.curvature_gamma=1.5"),
     (["model.init_gain=0"], "model.init_gain=0.0"),
+    (["tracking.heartbeat_s=0"], "tracking.heartbeat_s=0.0 must be a positive number of seconds"),
     (["tracking.uri=sqlite://"], "in-memory"),
     (["hydra.launcher.n_jobs=2"], "add hydra/launcher=joblib"),
 ]
