@@ -52,6 +52,11 @@ class System:
             # A run logged before `key` existed trained as its schema default does now.
             logged = mine.get(key, pd.Series(None, index=mine.index, dtype=object)).fillna(_schema_default(key))
             mine = mine[logged.astype(str) == value]
+        if "variant_hash" in mine and "start_time" in mine and not mine.empty:
+            # When a preset's recipe changed (e.g. `paper`'s SDLM options), the store holds runs of
+            # both: the row is the newest recipe's, never a mix.
+            newest = mine.sort_values("start_time")["variant_hash"].iloc[-1]
+            mine = mine[mine["variant_hash"] == newest]
         return mine
 
 

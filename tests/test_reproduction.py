@@ -32,6 +32,19 @@ def test_a_row_counts_only_runs_of_its_preset_variant_and_budget():
     assert BY_NAME["paper"].runs(runs).empty
 
 
+def test_a_row_is_its_newest_recipe_never_a_mix():
+    runs = pd.DataFrame(
+        {
+            "run_id": list("abcd"),
+            "experiment": ["paper"] * 4,
+            "delta": ["none"] * 4,
+            "variant_hash": ["old", "old", "new", "new"],
+            "start_time": pd.to_datetime(["2026-11-01", "2026-11-02", "2026-11-24", "2026-11-23"]),
+        }
+    )
+    assert BY_NAME["paper"].runs(runs)["run_id"].tolist() == ["c", "d"]
+
+
 def test_rows_without_runs_in_the_store_are_carried_over_from_the_previous_table(tmp_path):
     previous = pd.DataFrame({"system": ["paper", "modern", "seed004_tf"], "suite test error %": [1.31, 0.97, 4.39], "n": [5, 3, 3],
                              "budget": ["", "", ""], "source": ["a", "b", "c"]})
