@@ -44,6 +44,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError
+from .store import sqlite_path
 
 PASS_TAG = "resume.pass"  # last pass whose metrics and checkpoint are committed
 CHECKPOINT_TAG = "resume.checkpoint"  # artifact path of that checkpoint
@@ -63,7 +64,7 @@ def is_local_store(uri: str) -> bool:
 def lock_path(uri: str, experiment: str, job_hash: str) -> Path:
     """The lock file of a job on a local store: `<store folder>/.locks/<experiment>.<hash>.lock`."""
     if uri.startswith("sqlite:"):
-        folder = Path(uri.split("://", 1)[1].removeprefix("/").split("?", 1)[0]).expanduser().resolve().parent
+        folder = sqlite_path(uri).resolve().parent
     else:
         folder = Path(uri.removeprefix("file://")).expanduser().resolve()
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in experiment)
@@ -74,7 +75,7 @@ class JobClaim:
     """This process's claim on one job: the lock (local store) and the heartbeat thread."""
 
     def __init__(self, uri: str, experiment: str, job_hash: str, heartbeat_s: float):
-        self.uri, self.job_hash, self.heartbeat_s = uri, job_hash, heartbeat_s
+        self.heartbeat_s = heartbeat_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lock_file = None
         self._stop = threading.Event()

@@ -50,13 +50,19 @@ def check_store(uri: str, experiment: str) -> None:
         _check_server(uri)
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file a sqlite:// URI names (sqlite:///rel.db -> rel.db, sqlite:////abs.db ->
+    /abs.db), or None for an in-memory store."""
+    path_text = uri.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
+    return None if path_text in ("", ":memory:") else Path(path_text).expanduser()
+
+
 def _check_sqlite_store(uri: str, experiment: str) -> None:
     """The file is absent (MLflow creates it) in a writable folder, or an MLflow SQLite store
     where `experiment`, if present, is not deleted."""
-    path_text = uri.split("://", 1)[1].removeprefix("/")  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
-    if path_text in ("", ":memory:"):
+    path = sqlite_path(uri)
+    if path is None:
         raise ConfigError(f"tracking.uri={uri} is an in-memory store that keeps nothing; use sqlite:////ABSOLUTE/PATH.db")
-    path = Path(path_text.split("?", 1)[0]).expanduser()
     if not path.parent.is_dir():
         raise ConfigError(f"tracking.uri={uri}: folder {path.parent} does not exist; create it or point tracking.uri elsewhere")
     if not path.exists():
