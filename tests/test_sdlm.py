@@ -7,7 +7,8 @@ import mlflow
 import pytest
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
-from torch.func import jacrev
+from torch import nn
+from torch.func import functional_call, jacrev, stack_module_state, vmap
 from torch.nn.utils.stateless import _reparametrize_module
 
 from lenet5.model.lenet5 import LeNet5
@@ -90,6 +91,80 @@ def test_rule_against_a_direct_computation_through_f6_and_c5():
     rule = gauss_newton_diagonal(model, images)
     torch.testing.assert_close(rule["f6.weight"], expected_f6)
     torch.testing.assert_close(rule["c5.weight"], expected_c5)
+
+
+def layer_by_layer_rule(model: LeNet5, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The paper's rule as its three equations read, one layer at a time from the top: f'^2 by
+    autograd, then each layer's backward pass with squared weights on squared inputs. Slow
+    (two autograd calls a layer), plain to check; the suite runs one fused backward pass."""
+    records, x = [], images
+    for layer, squash in model.stages():
+        x = x.flatten(1) if layer is model.f6 else x
+        pre = layer(x)
+        records.append((layer, x, pre, squash))
+        x = model.f(pre) if squash else pre
+    if model.head_kind == "rbf":
+        curvature, records = torch.full_like(records[-1][1], 2.0), records[:-1]
+    else:
+        p = torch.softmax(records[-1][2], dim=1)
+        curvature = p * (1 - p)
+    names = {module: prefix for prefix, module in model.named_modules()}
+    rule = {}
+    for index in reversed(range(len(records))):
+        layer, layer_input, pre, squash = records[index]
+        if squash:
+            a = pre.detach().requires_grad_(True)
+            (slope,) = torch.autograd.grad(model.f(a).sum(), a)
+            curvature = curvature * slope.square()
+        x_in = layer_input.detach().requires_grad_(True)
+        if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            (curvature,) = torch.autograd.grad(layer(x_in), x_in, grad_outputs=curvature)
+            curvature = curvature / 4 if isinstance(layer, nn.AvgPool2d) else curvature
+        else:
+            squared = {n: w.detach().square().requires_grad_(True) for n, w in layer.named_parameters()}
+            x_squared = x_in.detach().square().requires_grad_(True)
+            out = functional_call(layer, squared, (x_squared,))
+            curvature, *grads = torch.autograd.grad(out, [x_squared, *squared.values()], grad_outputs=curvature)
+            rule.update({f"{names[layer]}.{n}": g / len(images) for n, g in zip(squared, grads)})
+        if layer is model.f6:
+            curvature = curvature.view(records[index - 1][2].shape)
+    return rule
+
+
+VARIANTS = [
+    [],
+    ["model.pool=max"],
+    ["model.pool=avg"],
+    ["model.head=softmax", "loss=cross_entropy"],
+    ["model.activation=relu"],
+    ["model.activation=sigmoid", "model.c3=full"],
+    ["model.activation_at=after_pool", "model.pool=max"],
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: " ".join(o) or "paper")
+def test_fused_curvature_pass_equals_the_layer_by_layer_rule(overrides):
+    """Every pooling, squashing and head the suite offers, on real-looking inputs."""
+    torch.manual_seed(2)
+    model = LeNet5(compose(*overrides).model).double()
+    images = torch.randn(5, 1, 32, 32, dtype=torch.float64)
+    fused, reference = gauss_newton_diagonal(model, images), layer_by_layer_rule(model, images)
+    assert set(fused) == set(reference) == {n for n, _ in model.named_parameters()}
+    for name in reference:
+        torch.testing.assert_close(fused[name], reference[name], rtol=1e-10, atol=1e-14, msg=name)
+
+
+def test_curvature_pass_runs_over_a_stack_of_models():
+    """With the weights passed in, vmap runs it over K models at once, each as if alone."""
+    torch.manual_seed(3)
+    models = [LeNet5(compose().model) for _ in range(3)]
+    images = torch.randn(4, 1, 32, 32)
+    stacked, _ = stack_module_state(models)
+    together = vmap(lambda params: gauss_newton_diagonal(models[0], images, params))(stacked)
+    for k, model in enumerate(models):
+        alone = gauss_newton_diagonal(model, images)
+        for name in alone:
+            torch.testing.assert_close(together[name][k], alone[name], msg=name)
 
 
 def test_sdlm_step_is_eta_over_mu_plus_h():

@@ -11,7 +11,8 @@ back-propagated layer by layer, dropping every off-diagonal term:
 
 For a layer that is linear in its input and in its weights, the last two lines are the
 ordinary backward pass of the same layer run with squared weights on squared inputs, so
-every layer (convolution, C3 table, subsampling, linear) gets its rule from autograd.
+every layer (convolution, C3 table, subsampling, linear) gets its rule from autograd, and
+the whole network's h_kk comes from one backward pass of that squared surrogate network.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vjp
 
 from .model.lenet5 import LeNet5
 
@@ -40,68 +41,88 @@ def paper_eta(pass_number: int) -> float:
     return PAPER_ETA_AFTER
 
 
-def _squashing_slope_squared(model: LeNet5, pre_activation: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        a = pre_activation.detach().requires_grad_(True)
-        (slope,) = torch.autograd.grad(model.f(a).sum(), a)
+def _slope_squared(squash: nn.Module, pre_activation: torch.Tensor) -> torch.Tensor:
+    """f'(a)^2 elementwise, by a vector-Jacobian product (f acts elementwise, so J^T 1 = f')."""
+    _, pullback = vjp(squash, pre_activation)
+    (slope,) = pullback(torch.ones_like(pre_activation))
     return slope.square()
 
 
-def _backprop_curvature(layer: nn.Module, layer_input: torch.Tensor, curvature: torch.Tensor):
-    """(d2E/dx^2 for the layer's input, {param name: d2E/dw^2 summed over the batch})."""
-    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-        with torch.enable_grad():
-            x = layer_input.detach().requires_grad_(True)
-            (through,) = torch.autograd.grad(layer(x), x, grad_outputs=curvature)
-        # Max-pooling routes each output to one input with weight 1 (squared: 1). Average
-        # pooling's weights are 1/k^2, whose squares are 1/k^4: the backward pass gives 1/k^2.
-        if isinstance(layer, nn.AvgPool2d):
-            through = through / (layer.kernel_size**2 if isinstance(layer.kernel_size, int) else 4)
-        return through, {}
-    with torch.enable_grad():
-        squared = {name: p.detach().square().requires_grad_(True) for name, p in layer.named_parameters()}
-        x_squared = layer_input.detach().square().requires_grad_(True)
-        out = functional_call(layer, squared, (x_squared,))
-        grads = torch.autograd.grad(out, [x_squared, *squared.values()], grad_outputs=curvature)
-    return grads[0], dict(zip(squared, grads[1:]))
+def _carried(value: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
+    """`value`, through which a backward pass reaches `carrier` with gradient 1.
+
+    The curvature pass below is one backward pass of a surrogate network: each layer runs with
+    squared weights on its squared real input (so the weight gradients are sum d2E/da^2 x^2),
+    while the gradient with respect to that input is routed to the layer below (so it is
+    sum w^2 d2E/da^2). The carrier's own value never matters.
+    """
+    return value + (carrier - carrier.detach())
 
 
-@torch.no_grad()
-def gauss_newton_diagonal(model: LeNet5, images: torch.Tensor) -> dict[str, torch.Tensor]:
+def gauss_newton_diagonal(
+    model: LeNet5, images: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """h_kk per trainable parameter (name -> tensor shaped like it), averaged over `images` (N, 1, S, S).
+
+    `params` (name -> tensor, default: the model's own) makes this a pure function of the
+    weights, so `torch.func.vmap` can run it over a stack of models.
 
     The output curvature is the Gauss-Newton one of the paper's criterion: for the RBF head,
     y_D = sum_j (x_j - w_Dj)^2 gives d2E/dx_j^2 = 2 on every F6 state (it does not depend on
     the label); for a softmax head, cross-entropy gives p_i (1 - p_i) on the logits.
     """
+    if params is None:
+        params = dict(model.named_parameters())
+    params = {name: p.detach() for name, p in params.items()}
+    owner = {module: prefix for prefix, module in model.named_modules()}
+    stages = model.stages()
+    if model.head_kind == "rbf":
+        stages = stages[:-1]  # the RBF layer has nothing to train
+
+    # The real forward pass: each layer's input, its pre-activation and f'^2 where f follows.
     records = []
     x = images
-    for layer, squash in model.stages():
+    for layer, squash in stages:
         if layer is model.f6:
             x = x.flatten(1)
-        pre = layer(x)
-        records.append((layer, x, pre, squash))
+        own = {name.split(".", 1)[1]: p for name, p in params.items() if name.split(".", 1)[0] == owner[layer]}
+        pre = functional_call(layer, own, (x,))
+        route = None
+        if isinstance(layer, nn.MaxPool2d):
+            _, route = F.max_pool2d(x, layer.kernel_size, ceil_mode=layer.ceil_mode, return_indices=True)
+        records.append((layer, x, pre, route, _slope_squared(model.f, pre) if squash else None))
         x = model.f(pre) if squash else pre
-
     if model.head_kind == "rbf":
-        curvature = torch.full_like(records[-1][1], 2.0)
-        records = records[:-1]  # the RBF layer has nothing to train
+        output_curvature = torch.full_like(x, 2.0)
     else:
-        probabilities = F.softmax(records[-1][2], dim=1)
-        curvature = probabilities * (1 - probabilities)
+        probabilities = F.softmax(x, dim=1)
+        output_curvature = probabilities * (1 - probabilities)
 
-    names = {module: prefix for prefix, module in model.named_modules()}
-    diagonal: dict[str, torch.Tensor] = {}
-    for index in reversed(range(len(records))):
-        layer, layer_input, pre, squash = records[index]
-        if squash:
-            curvature = curvature * _squashing_slope_squared(model, pre)
-        curvature, per_param = _backprop_curvature(layer, layer_input, curvature)
-        for name, value in per_param.items():
-            diagonal[f"{names[layer]}.{name}"] = value / len(images)
-        if layer is model.f6:  # F6 read C5's maps flattened
-            curvature = curvature.view(records[index - 1][2].shape)
-    return diagonal
+    def surrogate(squared: dict[str, torch.Tensor]) -> torch.Tensor:
+        carrier = None
+        for layer, layer_input, pre, route, slope_squared in records:
+            if layer is model.f6 and carrier is not None:
+                carrier = carrier.flatten(1)
+            if isinstance(layer, nn.MaxPool2d):
+                # Each output takes one input with weight 1 (squared: 1): route to the argmax.
+                carrier = carrier.flatten(2).gather(2, route.flatten(2)).view_as(pre)
+            elif isinstance(layer, nn.AvgPool2d):
+                # Weights 1/k^2, squared 1/k^4.
+                carrier = layer(carrier) / layer.kernel_size**2
+            else:
+                own = {name.split(".", 1)[1]: w for name, w in squared.items() if name.split(".", 1)[0] == owner[layer]}
+                squared_input = layer_input.square()
+                if carrier is not None:
+                    squared_input = _carried(squared_input, carrier)
+                carrier = functional_call(layer, own, (squared_input,))
+            if slope_squared is not None:
+                carrier = slope_squared * carrier
+        return carrier
+
+    squared = {name: p.square() for name, p in params.items() if name.split(".", 1)[0] in {owner[layer] for layer, _ in stages}}
+    _, pullback = vjp(surrogate, squared)
+    (diagonal,) = pullback(output_curvature)
+    return {name: value / len(images) for name, value in diagonal.items()}
 
 
 class SDLM(torch.optim.Optimizer):
