@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet5.model.activations import scaled_tanh
+from lenet5.model.activations import make_activation, scaled_tanh, squashing_slope
 from lenet5.model.c3 import C3_CONNECTION_TABLE, TableConv2d
 from lenet5.model.lenet5 import LeNet5
 from lenet5.model.pooling import Subsampling
@@ -165,3 +165,12 @@ def test_activation_position_around_pooling():
         model(x)
         s2_state = captured["s2"] if where == "before_pool" else torch.sigmoid(captured["s2"])
         torch.testing.assert_close(s2_state, expected)
+
+
+@pytest.mark.parametrize("name", ["scaled_tanh", "tanh", "sigmoid", "relu", "none"])
+def test_squashing_slope_is_the_derivative_autograd_finds(name):
+    """SDLM's curvature pass uses the written-out f'; it must be the derivative of f itself."""
+    squash = make_activation(name)
+    a = torch.linspace(-4, 4, 801, dtype=torch.float64).requires_grad_(True)  # 0 included: ReLU's kink
+    (expected,) = torch.autograd.grad(squash(a).sum(), a)
+    torch.testing.assert_close(squashing_slope(squash, a.detach()), expected)

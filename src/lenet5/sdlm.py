@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vjp
 
+from .model.activations import squashing_slope
 from .model.lenet5 import LeNet5
 
 #: Paper, Appendix C: eta per pass (1-based) and the damping constant mu.
@@ -39,13 +40,6 @@ def paper_eta(pass_number: int) -> float:
         if pass_number <= last_pass:
             return eta
     return PAPER_ETA_AFTER
-
-
-def _slope_squared(squash: nn.Module, pre_activation: torch.Tensor) -> torch.Tensor:
-    """f'(a)^2 elementwise, by a vector-Jacobian product (f acts elementwise, so J^T 1 = f')."""
-    _, pullback = vjp(squash, pre_activation)
-    (slope,) = pullback(torch.ones_like(pre_activation))
-    return slope.square()
 
 
 def _carried(value: torch.Tensor, carrier: torch.Tensor) -> torch.Tensor:
@@ -71,7 +65,8 @@ def gauss_newton_diagonal(
     y_D = sum_j (x_j - w_Dj)^2 gives d2E/dx_j^2 = 2 on every F6 state (it does not depend on
     the label); for a softmax head, cross-entropy gives p_i (1 - p_i) on the logits.
     """
-    if params is None:
+    own_weights = params is None
+    if own_weights:
         params = dict(model.named_parameters())
     params = {name: p.detach() for name, p in params.items()}
     owner = {module: prefix for prefix, module in model.named_modules()}
@@ -85,12 +80,16 @@ def gauss_newton_diagonal(
     for layer, squash in stages:
         if layer is model.f6:
             x = x.flatten(1)
-        own = {name.split(".", 1)[1]: p for name, p in params.items() if name.split(".", 1)[0] == owner[layer]}
-        pre = functional_call(layer, own, (x,))
+        if own_weights:
+            with torch.no_grad():
+                pre = layer(x)
+        else:
+            own = {name.split(".", 1)[1]: p for name, p in params.items() if name.split(".", 1)[0] == owner[layer]}
+            pre = functional_call(layer, own, (x,))
         route = None
         if isinstance(layer, nn.MaxPool2d):
             _, route = F.max_pool2d(x, layer.kernel_size, ceil_mode=layer.ceil_mode, return_indices=True)
-        records.append((layer, x, pre, route, _slope_squared(model.f, pre) if squash else None))
+        records.append((layer, x, pre, route, squashing_slope(model.f, pre).square() if squash else None))
         x = model.f(pre) if squash else pre
     if model.head_kind == "rbf":
         output_curvature = torch.full_like(x, 2.0)
