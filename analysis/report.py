@@ -2,9 +2,11 @@
 
     python -m analysis.report --experiment ofat [--sweep ID] [--baseline experiment=paper]
                               [--tracking-uri URI] [--out results/]
+    python -m analysis.report --runs-csv results/ablation/mnist-ofat/runs.csv --out /tmp/check
 
 writes variants.{md,tex,csv,html}, factors.{md,tex,csv,html}, runs.csv, variants.png,
-factors.png and learning_curves.png, then prints the Markdown variant table. The CSV files
+factors.png and learning_curves.png, then prints the Markdown variant table. With --runs-csv
+the tables are rebuilt from a committed runs.csv, without the store (learning curves left out). The CSV files
 hold the unrounded numbers; the other tables are rounded for reading. A report that cannot be
 made prints one `error: ...` line on stderr and exits with code 2.
 """
@@ -20,7 +22,7 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from . import plots
-from .runs import DEFAULT_TRACKING_URI, ReportError, load_curves, load_runs
+from .runs import DEFAULT_TRACKING_URI, ReportError, load_curves, load_runs, read_runs_csv
 from .stats import CONFIDENCE, factor_table, variant_table
 
 BEST_MARK = "★"
@@ -162,22 +164,32 @@ def write_report(
     return write_tables(runs, tracking_uri, out_dir, scope, baseline)
 
 
+#: The params a fair study selects per variant (lenet5.study): never a difference between
+#: variants in its factor table.
+TUNED_PARAMS = ("optim.lr",)
+
+
 def write_tables(
     runs: pd.DataFrame,
-    tracking_uri: str,
+    tracking_uri: str | None,
     out_dir: str | Path,
     scope: str,
     baseline: str | None = None,
-    tuned: tuple[str, ...] = (),
+    tuned: tuple[str, ...] | None = None,
 ) -> dict[str, Path]:
     """`write_report` for the runs of `load_runs`' frame `runs` (`scope` names them in the
-    captions); `tuned`: params selected per variant, no difference in the factor table."""
+    captions); `tuned`: params selected per variant, no difference in the factor table (default:
+    `TUNED_PARAMS` when every run is a study's final). `tracking_uri` None (runs read back from a
+    runs.csv) leaves out learning_curves.png, the one file that needs the per-epoch metrics."""
     if runs["test_error"].isna().all():
         raise ReportError(f"no run of {scope} has a test error (a study's tuning runs evaluate validation only)")
+    recipe = recipe_of(runs)
+    if tuned is None:
+        tuned = TUNED_PARAMS if recipe == "tuned" else ()
     variants, factors = variant_table(runs, baseline), factor_table(runs, tuned)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    note = RECIPE_NOTES[recipe_of(runs)]
+    note = RECIPE_NOTES[recipe]
     files = _write_tables(
         variants_display(variants), variants, variants["best"], f"Final test error per variant, {scope}. {note}", out / "variants", note
     )
@@ -186,19 +198,29 @@ def write_tables(
     )
     runs.to_csv(out / "runs.csv", index=False)
     files["runs.csv"] = out / "runs.csv"
-    curves = load_curves(tracking_uri, runs["run_id"], metrics=("test_error",))
-    for name, figure in (
-        ("variants.png", plots.variants_figure(variants)),
-        ("factors.png", plots.factors_figure(factors)),
-        ("learning_curves.png", plots.learning_curves_figure(curves, runs)),
-    ):
-        files[name] = plots.save(figure, out / name)
+    figures = {"variants.png": lambda: plots.variants_figure(variants), "factors.png": lambda: plots.factors_figure(factors)}
+    if tracking_uri is not None:
+        curves = load_curves(tracking_uri, runs["run_id"], metrics=("test_error",))
+        figures["learning_curves.png"] = lambda: plots.learning_curves_figure(curves, runs)
+    for name, figure in figures.items():
+        files[name] = plots.save(figure(), out / name)
     return files
+
+
+def rebuild_from_runs_csv(runs_csv: str | Path, out_dir: str | Path, scope: str | None = None, baseline: str | None = None) -> dict[str, Path]:
+    """The tables and figures of a committed report from its runs.csv alone, no MLflow store:
+    variants.* and factors.* come out as the report wrote them (given its `scope` and
+    `baseline`); learning_curves.png needs the store and is not made."""
+    runs = read_runs_csv(runs_csv)
+    return write_tables(runs, None, out_dir, scope or Path(runs_csv).parent.name, baseline)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", required=True, help="MLflow experiment name (tracking.experiment of the runs)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="MLflow experiment name (tracking.experiment of the runs)")
+    source.add_argument("--runs-csv", type=Path, metavar="FILE", help="rebuild the tables from a report's runs.csv instead of the store")
+    parser.add_argument("--scope", help="with --runs-csv: what the captions call the runs (default: the folder's name)")
     parser.add_argument("--sweep", metavar="ID", help="only the runs of this sweep (its sweep_id tag)")
     parser.add_argument("--baseline", help="variant label, or key=value filters such as experiment=paper (default: the variant 'paper', if any)")
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
@@ -209,7 +231,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        files = write_report(args.tracking_uri, args.experiment, args.out, sweep_id=args.sweep, baseline=args.baseline)
+        if args.runs_csv is not None:
+            files = rebuild_from_runs_csv(args.runs_csv, args.out, args.scope, args.baseline)
+        else:
+            files = write_report(args.tracking_uri, args.experiment, args.out, sweep_id=args.sweep, baseline=args.baseline)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -131,6 +131,28 @@ def load_runs(
     return tidy
 
 
+def read_runs_csv(path: str | Path) -> pd.DataFrame:
+    """`load_runs`' frame back from the `runs.csv` a report wrote: the committed results rebuild
+    their tables without the MLflow store. Params come back as the strings they were logged as
+    (not re-parsed as numbers: "0.0005" and "5e-4" must stay as different as they were), the
+    seed as int and the final metrics as float (pandas writes floats with repr: exact)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"no runs file at {path} (a report writes runs.csv beside variants.csv)")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path} is not a report's runs.csv ({str(err).splitlines()[0]})") from None
+    missing = {"run_id", "variant", "seed", "test_error"} - set(frame.columns)
+    if missing:
+        raise ReportError(f"{path} is not a report's runs.csv (no column {', '.join(sorted(missing))})")
+    frame["seed"] = frame["seed"].astype(int)
+    for metric in FINAL_METRICS:
+        if metric in frame:
+            frame[metric] = frame[metric].astype(float)
+    return frame
+
+
 def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
     factor_keys = {f"params.{key}" for key in ABLATION_FACTORS.values()}
     params = [

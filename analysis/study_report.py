@@ -14,14 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
-from .report import BEST_MARK, RECIPE_NOTES, _markdown, variants_display, write_tables
+from .report import BEST_MARK, RECIPE_NOTES, TUNED_PARAMS, _markdown, variants_display, write_tables
 from .runs import ReportError, load_runs
 from .stats import variant_table
 from .tuning import selection_display, tuning_figure
-
-#: The params a study selects per variant: never a difference between variants in its factor table.
-TUNED_PARAMS = ("optim.lr",)
-
 
 def write_study_report(
     tracking_uri: str,

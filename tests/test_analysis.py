@@ -361,6 +361,8 @@ def test_write_report_for_one_sweep(study, tmp_path):
         (["--experiment", "nope"], "error: unknown experiment 'nope'"),
         (["--experiment", EXPERIMENT, "--sweep", "nope"], "error: unknown sweep id 'nope'"),
         (["--experiment", "only_failed"], "error: no FINISHED training runs in experiment 'only_failed'"),
+        (["--runs-csv", "no/such/runs.csv"], "error: no runs file at no/such/runs.csv"),
+        (["--runs-csv", "pyproject.toml"], "error: pyproject.toml is not a report's runs.csv"),
     ],
 )
 def test_report_errors_are_one_line_and_exit_2(study, tmp_path, capsys, args, message):

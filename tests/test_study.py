@@ -166,3 +166,19 @@ def test_grids_are_log_spaced_over_each_optimizers_range():
         assert max(ratios) == pytest.approx(min(ratios), rel=0.01)
     assert 5e-4 in lr_grid(cfg, "sdlm") and 1e-3 in lr_grid(cfg, "adam")  # each centred on the suite's own rate
     assert not math.isclose(lr_grid(cfg, "sgd")[0], lr_grid(cfg, "adam")[0])
+
+
+@pytest.mark.slow
+def test_the_committed_runs_csv_rebuilds_the_tables_without_the_store(studied, tmp_path):
+    """What results/ablation/*/ commits: runs.csv alone gives back variants and factors as written."""
+    _, folder, *_ = studied
+    report = folder / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "--runs-csv", str(report / "runs.csv"), "--out", str(tmp_path)],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("variants.md", "variants.csv", "factors.md", "factors.csv"):
+        assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
+    assert "optim" in (tmp_path / "factors.csv").read_text(encoding="utf-8")  # the pair differing in optimizer
+    assert not (tmp_path / "learning_curves.png").exists()  # needs the store
