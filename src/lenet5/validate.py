@@ -200,3 +200,8 @@ def check_launcher(hydra_cfg: Any) -> None:
         raise ConfigError(
             "hydra.launcher.n_jobs=0 runs no job; use the number of jobs to run side by side (e.g. 2), or -1 for one per core"
         )
+    per_process = OmegaConf.select(hydra_cfg, "launcher.models_per_process", default=None)
+    if per_process is not None and per_process < 1:
+        raise ConfigError(
+            f"hydra.launcher.models_per_process={per_process} must be >= 1 (the most models one process trains side by side; 1: each job alone)"
+        )
