@@ -59,6 +59,16 @@ class PassResult:
 
 
 @dataclass
+class _PassTotals:
+    """Running sums of a pass, per model, on the training device."""
+
+    loss_sum: torch.Tensor  # (K,) float32: sum of the batch-mean losses
+    correct: torch.Tensor  # (K,) int64: training images classified right
+    batches: int = 0
+    patterns: int = 0  # per model
+
+
+@dataclass
 class _Member:
     """One model's own state besides its weights."""
 
@@ -148,8 +158,33 @@ class StackedTraining:
 
     # --- the loop --------------------------------------------------------------------------
 
+    def _step(self, batches: tuple[tuple[torch.Tensor, torch.Tensor], ...], lrs: list[float], totals: _PassTotals) -> None:
+        """One update of every model on its own batch (`batches[k]`: (images (B, 1, S, S), labels (B,))).
+
+        Reads nothing back to the host: the pass's totals stay on the device until its end.
+        """
+        images = torch.stack([b[0] for b in batches])  # (K, B, 1, S, S)
+        labels = torch.stack([b[1] for b in batches])  # (K, B)
+        size = labels.shape[1]
+        if self.is_sdlm:
+            optim = self.cfgs[0].optim
+            if optim.curvature_every and self.members[0].patterns_since_estimate >= optim.curvature_every:
+                self._estimate_on_samples()
+            if optim.curvature_gamma > 0:
+                self.optimizer.set_curvature(self._curvature(images), weight=1 - (1 - optim.curvature_gamma) ** size)
+            for member in self.members:
+                member.patterns_since_estimate += size
+        losses, (per_sample, out) = vmap(self._loss)(self.params, images, labels)
+        grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
+        self.optimizer.step(self.params, dict(zip(self.params, grads)), lrs)
+        # Each batch's mean counts once, whatever its size: module.py's MeanMetric with
+        # nan_strategy="disable" drops the weight it is given (torchmetrics 1.9 sets it to 1).
+        totals.loss_sum += per_sample.detach().mean(1)
+        totals.correct += (self._predict(out.detach()) == labels).sum(1)
+        totals.batches += 1
+        totals.patterns += size
+
     def passes(self) -> Iterator[PassResult]:
-        every, gamma = self.cfgs[0].optim.curvature_every, self.cfgs[0].optim.curvature_gamma
         for number in range(1, self.max_epochs + 1):
             lrs = [m.schedule_optimizer.param_groups[0]["lr"] for m in self.members]
             steps = None
@@ -157,30 +192,10 @@ class StackedTraining:
                 self._estimate_on_samples()
                 steps = self._layer_steps(lrs)
             k = len(self.members)
-            loss_sum = torch.zeros(k, device=self.device)
-            correct = torch.zeros(k, dtype=torch.long, device=self.device)
-            seen = batches_seen = 0
+            totals = _PassTotals(torch.zeros(k, device=self.device), torch.zeros(k, dtype=torch.long, device=self.device))
             started = time.perf_counter()
             for batches in zip(*(m.batches for m in self.members)):
-                images = torch.stack([b[0] for b in batches])  # (K, B, 1, S, S)
-                labels = torch.stack([b[1] for b in batches])  # (K, B)
-                if self.is_sdlm:
-                    if every and self.members[0].patterns_since_estimate >= every:
-                        self._estimate_on_samples()
-                    if gamma > 0:
-                        self.optimizer.set_curvature(self._curvature(images), weight=1 - (1 - gamma) ** labels.shape[1])
-                    for member in self.members:
-                        member.patterns_since_estimate += labels.shape[1]
-                losses, (per_sample, out) = vmap(self._loss)(self.params, images, labels)
-                grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
-                self.optimizer.step(self.params, dict(zip(self.params, grads)), lrs)
-                # Kept on the device: no host synchronisation inside a pass (module.py's metrics).
-                # Each batch's mean counts once, whatever its size: module.py's MeanMetric with
-                # nan_strategy="disable" drops the weight it is given (torchmetrics 1.9 sets it to 1).
-                loss_sum += per_sample.detach().mean(1)
-                batches_seen += 1
-                correct += (self._predict(out.detach()) == labels).sum(1)
-                seen += labels.shape[1]
+                self._step(batches, lrs, totals)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # the pass's time is the GPU's, not the queue's
             seconds = max(time.perf_counter() - started, 1e-9)
@@ -190,8 +205,9 @@ class StackedTraining:
                     # warning that the scheduler steps an optimizer that never stepped.
                     member.schedule_optimizer.step()
                     member.scheduler.step()
-            train_loss = (loss_sum / batches_seen).tolist()
-            train_error = (100.0 * (1.0 - correct.float() / seen)).tolist()
+            seen = totals.patterns
+            train_loss = (totals.loss_sum / totals.batches).tolist()
+            train_error = (100.0 * (1.0 - totals.correct.float() / seen)).tolist()
             evaluation = self.evaluate()
             metrics = [
                 {
