@@ -14,6 +14,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from .compile import CompiledForward, compile_mode, compile_setting
 from .config import select
 from .losses import make_loss
 from .model.lenet5 import CLASSES, LeNet5
@@ -40,13 +41,18 @@ class LeNet5Module(L.LightningModule):
         self.eval_accuracy = torch.nn.ModuleDict(
             {name: MulticlassAccuracy(CLASSES, average="micro", validate_args=False) for name in eval_split_names}
         )
+        self.train_forward: CompiledForward | None = None  # set once the device is known
+
+    def on_fit_start(self) -> None:
+        mode = compile_mode(compile_setting(self.cfg), self.device)
+        self.train_forward = CompiledForward(self.model, mode) if mode is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        out = self.model(images)
+        out = (self.train_forward or self.model)(images)
         per_sample = self.loss_fn(out, labels)
         loss = per_sample.sum() if self.sum_loss else per_sample.mean()
         # No weight: with nan_strategy="disable" torchmetrics (1.9) replaces any weight by 1, so

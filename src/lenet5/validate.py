@@ -172,7 +172,12 @@ def _available(accelerator: str) -> bool:
 
 
 def check_device(cfg: Any) -> None:
-    """An accelerator the machine has, on one device (Lightning would raise a traceback later)."""
+    """An accelerator the machine has, on one device (Lightning would raise a traceback later),
+    and a `trainer.compile` choice."""
+    from .compile import COMPILE_CHOICES, compile_setting
+
+    if compile_setting(cfg) not in COMPILE_CHOICES:
+        raise ConfigError(f"trainer.compile={cfg.trainer.compile} is not a choice; valid choices: {', '.join(COMPILE_CHOICES)}")
     accelerator, devices = str(cfg.trainer.accelerator), str(cfg.trainer.devices)
     if accelerator not in ACCELERATORS:
         raise ConfigError(f"trainer.accelerator={accelerator} is not a choice; valid choices: {', '.join(ACCELERATORS)}")
