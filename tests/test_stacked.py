@@ -129,3 +129,21 @@ def test_jobs_differing_in_seed_and_rate_share_a_stack_and_others_do_not():
     assert partition(cfgs, 16) == [[0, 1, 3, 5], [2], [4]]
     assert partition(cfgs, 3) == [[0, 1, 3], [2], [4], [5]]
     assert partition(cfgs, 1) == [[i] for i in range(6)]
+
+
+@pytest.mark.slow
+def test_a_killed_stack_is_trained_again_from_scratch_in_new_runs(store):
+    """A stack writes no per-pass checkpoints: the next launch marks the dead runs KILLED and starts anew."""
+    from lenet5.tracking import config_hash, get_or_create_experiment, run_tags
+
+    cfgs = job_configs(store, "killed", ["experiment=modern", "data.batch_size=32"], [["seed=0"], ["seed=1"]], 1)
+    client = mlflow.MlflowClient(store)
+    experiment_id = get_or_create_experiment(client, "killed", None)
+    # What a stack killed in its first pass leaves: RUNNING runs whose owner is gone.
+    dead = [client.create_run(experiment_id, tags={**run_tags(c), "resume.owner": "elsewhere:1:x"}).info.run_id for c in cfgs]
+    results = train_stack(cfgs)
+    for cfg, old, result in zip(cfgs, dead, results):
+        assert client.get_run(old).info.status == "KILLED"
+        new = client.get_run(result["run_id"])
+        assert new.info.run_id != old and new.info.status == "FINISHED"
+        assert new.data.tags["config_hash"] == config_hash(cfg) and new.data.tags["stack.size"] == "2"

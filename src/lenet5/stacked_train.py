@@ -17,6 +17,7 @@ A model whose loss becomes NaN ends FAILED alone; the others train on.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -45,7 +46,7 @@ def train_stack(cfgs: list[Any]) -> list[dict[str, Any]]:
     """Train the jobs `cfgs` (stackable: equal `grouping.stack_key`) side by side; one result
     per job, as `train.train` returns it (a job another live process trains, and one whose
     training failed, gets test_error nan)."""
-    from .train import log_distortions, log_network, log_test_artifacts, prepare, record_setup, sweep_membership, train
+    from .train import prepare, sweep_membership, train
 
     keys = {stack_key(c) for c in cfgs}
     if len(keys) != 1:
@@ -75,6 +76,8 @@ def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
     first_cfg = cfgs[todo[0][0]]
     device = training_device(first_cfg)
     if first_cfg.trainer.deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as train.make_trainer: deterministic cuBLAS
         torch.use_deterministic_algorithms(True, warn_only=True)  # as the single path's Trainer(deterministic="warn")
     datamodule = prepared[todo[0][0]][0]
     datamodule.setup()
