@@ -1,7 +1,7 @@
 """Training throughput, images per second per model, of the ways the suite can train, side by side.
 
     MNIST_ROOT=../shared/data python benchmarks/gpu_throughput.py [--device cuda] [--images 10000] [--ks 1,4,16,64]
-    MNIST_ROOT=../shared/data OMP_NUM_THREADS=1 python benchmarks/gpu_throughput.py --device cpu --images 512 --ks 1,4,16
+    MNIST_ROOT=../shared/data OMP_NUM_THREADS=1 python benchmarks/gpu_throughput.py --device cpu --images 512 --ks 1,4,16 --compiled-ks 4
 
 Rows, each on the same network, loss, optimizer, batch size and training images (the Hydra
 overrides after `--`, default: the paper's network with SGD, `experiment=paper variant=optim_sgd`,
@@ -11,7 +11,8 @@ at `--batch-size` 32):
   curvature as the suite computes it), the floor of per-step overhead;
 - `suite eager` / `suite compiled`: `train.train` itself (Lightning module, callbacks, MLflow
   run in a temporary store) with `trainer.compile=false` / `true` (on a GPU: CUDA graphs);
-- `stacked K=k`: `StackedTraining`, k models (seeds 0..k-1) in one process, k batches a step.
+- `stacked K=k`: `StackedTraining`, k models (seeds 0..k-1) in one process, k batches a step;
+  `stacked K=k compiled` (`--compiled-ks`): the same with its whole step compiled (`trainer.compile=true`).
 
 Every row trains two passes over `--images` training images and times the second (the first
 pays for warm-up and compilation), training batches only (no evaluation, as `epoch_time_s`).
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ks", default="1,4,16,64", help="stack sizes, comma-separated")
     parser.add_argument("--skip-compiled", action="store_true", help="leave out the compiled suite (its compilation takes minutes on a CPU)")
+    parser.add_argument("--compiled-ks", default="", help="stack sizes to time also with trainer.compile=true, comma-separated")
     parser.add_argument("overrides", nargs="*", help=f"Hydra overrides for every row (default: {' '.join(DEFAULT_OVERRIDES)})")
     args = parser.parse_args()
     overrides = args.overrides or DEFAULT_OVERRIDES
@@ -132,6 +134,9 @@ def main() -> None:
             rows.append(("suite compiled", 1, suite(job(overrides, args, **{"trainer.compile": "true"}), Path(tmp))))
         for k in ks:
             rows.append((f"stacked K={k}", k, stacked([job(overrides, args, seed=str(s)) for s in range(k)], device)))
+        for k in [int(k) for k in args.compiled_ks.split(",") if k]:
+            cfgs = [job(overrides, args, seed=str(s), **{"trainer.compile": "true"}) for s in range(k)]
+            rows.append((f"stacked K={k} compiled", k, stacked(cfgs, device)))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"\n{' '.join(overrides)}, batch {args.batch_size}, {args.images} images a pass, on {name} (torch {torch.__version__})\n")
     base = args.images / rows[0][2]

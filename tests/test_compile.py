@@ -38,7 +38,7 @@ def test_a_bad_choice_is_one_line_naming_the_choices():
 
 
 def test_a_compiler_that_fails_leaves_one_warning_and_eager_training(monkeypatch):
-    def failing_compile(module, mode):
+    def failing_compile(fn, mode):
         def compiled(x):
             raise torch._dynamo.exc.TorchDynamoException("no working C++ compiler\nmore detail")
 
@@ -61,3 +61,23 @@ def test_forcing_compile_on_a_cpu_trains_compiled():
     assert forced.train_forward is not None and forced.train_forward.compiled is not None  # no fallback happened
     for (name, a), b in zip(forced.model.named_parameters(), eager.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)  # fused kernels round differently
+
+
+@pytest.mark.slow
+def test_a_forced_compile_compiles_the_whole_step_of_a_stack():
+    """In a stack, the K models' forward and gradient are one compiled function."""
+    from lenet5.stacked import StackedTraining
+
+    def stack(setting: str) -> StackedTraining:
+        cfgs = [compose(*TINY, f"seed={seed}", f"trainer.compile={setting}") for seed in (0, 1)]
+        prepared = [prepare(c, check_tracking=False) for c in cfgs]
+        prepared[0][0].setup()
+        training = StackedTraining(cfgs, [m for _, m in prepared], prepared[0][0], torch.device("cpu"))
+        list(training.passes())
+        return training
+
+    compiled, eager = stack("true"), stack("false")
+    assert compiled.gradients.compiled is not None  # compiled, no fallback
+    assert not hasattr(eager.gradients, "compiled")  # false: the plain vmapped function
+    for name, p in eager.params.items():
+        torch.testing.assert_close(compiled.params[name], p, rtol=1e-4, atol=1e-5, msg=name)

@@ -1,5 +1,6 @@
 """`trainer.compile`: the network's training forward (and, through AOTAutograd, its backward)
-compiled by `torch.compile` where that pays, eager elsewhere.
+compiled by `torch.compile` where that pays, eager elsewhere; in a stack (stacked.py), the
+whole vmapped forward-and-gradient step of the K models.
 
 `auto` (default) compiles on a CUDA GPU with mode "reduce-overhead" (Inductor kernels replayed
 as CUDA graphs: LeNet-5's kernels are tiny, so at small batches a step is mostly launch
@@ -36,23 +37,24 @@ def compile_mode(setting: str, device: torch.device) -> str | None:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
-class CompiledForward:
-    """`module`'s forward compiled with `mode`; eager after a one-line warning if compiling fails.
+class CompiledOrEager:
+    """`fn` (a network, or a function of tensors) compiled with `mode`; eager after a one-line
+    warning if compiling fails.
 
     Not an nn.Module on purpose: held by the LightningModule, it adds no second copy of the
     network's weights to its state dict (checkpoints stay loadable either way).
     """
 
-    def __init__(self, module: torch.nn.Module, mode: str):
-        self.module, self.mode = module, mode
-        self.compiled: Callable | None = torch.compile(module, mode=mode)
+    def __init__(self, fn: Callable, mode: str):
+        self.eager, self.mode = fn, mode
+        self.compiled: Callable | None = torch.compile(fn, mode=mode)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: Any) -> Any:
         if self.compiled is not None:
             try:
-                return self.compiled(x)
+                return self.compiled(*args)
             except torch._dynamo.exc.TorchDynamoException as err:
                 first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 warnings.warn(f"trainer.compile: torch.compile (mode {self.mode}) failed, training eagerly: {first_line}", stacklevel=2)
                 self.compiled = None
-        return self.module(x)
+        return self.eager(*args)

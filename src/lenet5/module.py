@@ -14,7 +14,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .compile import CompiledForward, compile_mode, compile_setting
+from .compile import CompiledOrEager, compile_mode, compile_setting
 from .config import select
 from .losses import make_loss
 from .model.lenet5 import CLASSES, LeNet5
@@ -41,11 +41,11 @@ class LeNet5Module(L.LightningModule):
         self.eval_accuracy = torch.nn.ModuleDict(
             {name: MulticlassAccuracy(CLASSES, average="micro", validate_args=False) for name in eval_split_names}
         )
-        self.train_forward: CompiledForward | None = None  # set once the device is known
+        self.train_forward: CompiledOrEager | None = None  # set once the device is known
 
     def on_fit_start(self) -> None:
         mode = compile_mode(compile_setting(self.cfg), self.device)
-        self.train_forward = CompiledForward(self.model, mode) if mode is not None else None
+        self.train_forward = CompiledOrEager(self.model, mode) if mode is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

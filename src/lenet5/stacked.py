@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from .compile import CompiledOrEager, compile_mode, compile_setting
 from .config import select
 from .data import MNISTDataModule
 from .module import LeNet5Module
@@ -98,7 +99,13 @@ class StackedTraining:
         self.max_epochs, self.batch_size = cfg.trainer.max_epochs, cfg.data.batch_size
         self.is_sdlm = select(cfg, "optim.name") == "sdlm"
         stacked, _ = stack_module_state([m.model for m in modules])
-        self.params = {name: p.detach().to(device).requires_grad_(True) for name, p in stacked.items()}
+        self.params = {name: p.detach().to(device) for name, p in stacked.items()}
+        # Every model's gradient and loss in one call; with trainer.compile, compiled whole
+        # (on a GPU as CUDA graphs: one replay for the K forward and backward passes).
+        self.gradients = vmap(grad_and_value(self._loss, has_aux=True))
+        mode = compile_mode(compile_setting(cfg), device)
+        if mode is not None:
+            self.gradients = CompiledOrEager(self.gradients, mode)
         self.optimizer = StackedOptimizer(self.params, [c.optim for c in cfgs], self.batch_size)
         self.members = []
         for c in cfgs:
@@ -124,7 +131,7 @@ class StackedTraining:
         out = functional_call(self.base, params, (images,))
         per_sample = self.loss_fn(out, labels)
         loss = per_sample.sum() if self.sum_loss else per_sample.mean()
-        return loss, (per_sample, out)
+        return loss, (per_sample.detach(), out.detach())
 
     def _predict(self, out: torch.Tensor) -> torch.Tensor:
         """Head outputs (K, N, 10) -> predicted classes (K, N)."""
@@ -174,13 +181,12 @@ class StackedTraining:
                 self.optimizer.set_curvature(self._curvature(images), weight=1 - (1 - optim.curvature_gamma) ** size)
             for member in self.members:
                 member.patterns_since_estimate += size
-        losses, (per_sample, out) = vmap(self._loss)(self.params, images, labels)
-        grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
-        self.optimizer.step(self.params, dict(zip(self.params, grads)), lrs)
+        grads, (_, (per_sample, out)) = self.gradients(self.params, images, labels)
+        self.optimizer.step(self.params, grads, lrs)
         # Each batch's mean counts once, whatever its size: module.py's MeanMetric with
         # nan_strategy="disable" drops the weight it is given (torchmetrics 1.9 sets it to 1).
-        totals.loss_sum += per_sample.detach().mean(1)
-        totals.correct += (self._predict(out.detach()) == labels).sum(1)
+        totals.loss_sum += per_sample.mean(1)
+        totals.correct += (self._predict(out) == labels).sum(1)
         totals.batches += 1
         totals.patterns += size
 
