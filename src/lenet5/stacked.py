@@ -7,9 +7,10 @@ torch scheduler, stepped once a pass), and for SDLM its h_kk, re-estimated befor
 on its own seeded sample of 500 patterns (`SDLMCurvature`'s generator, seed + 1) and blended
 with its own batch's curvature. What the models share is the work: every step is one
 forward and one backward pass over a (K, B, 1, S, S) batch (`torch.func.vmap` of
-`functional_call` over the weights stacked by `stack_module_state`), one curvature pass for
-all K (`gauss_newton_diagonal` is a pure function of the weights), and one optimizer kernel
-per parameter tensor (stacked_optim.py).
+`grad_and_value` of `functional_call`, over the weights stacked by `stack_module_state`;
+with `trainer.compile`, that one function compiled), one curvature pass for all K
+(`gauss_newton_diagonal` is a pure function of the weights), and one optimizer kernel per
+parameter tensor (stacked_optim.py).
 
 Equality with training alone: to float32 rounding, not bit for bit. vmap lowers K
 convolutions to one grouped convolution and K linear layers to one batched matrix product,
