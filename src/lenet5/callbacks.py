@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Iterable
 
 import lightning as L
 import matplotlib.pyplot as plt
@@ -26,6 +27,11 @@ class EpochThroughput(L.Callback):
         self.finished = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            # Once per epoch: the GPU runs behind the host, so the last batch "ends" when its
+            # kernels are queued; wait for them so the time is the GPU's.
+            torch.cuda.synchronize(pl_module.device)
+            self.finished = time.perf_counter()
         seconds = max(self.finished - self.started, 1e-9)
         pl_module.log("epoch_time_s", seconds)
         pl_module.log("train_images_per_s", self.images / seconds)
@@ -92,10 +98,15 @@ def layer_steps(model: torch.nn.Module, optimizer: SDLM) -> dict[str, tuple[torc
     """{layer ("c1", "s2", ...): (effective steps eta/(mu + h_kk), h_kk below mu (bool))},
     each flattened over the layer's weights and biases."""
     steps, mu = optimizer.effective_steps(), optimizer.param_groups[0]["mu"]
+    return group_by_layer((name, steps[param], optimizer.curvature(param) < mu) for name, param in model.named_parameters())
+
+
+def group_by_layer(named: Iterable[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter name "c1.weight", its steps, its h_kk < mu), in the model's order ->
+    {layer "c1": (steps, below mu)}, each flattened and concatenated over the layer's parameters."""
     by_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    for name, param in model.named_parameters():
-        below_mu = optimizer.curvature(param) < mu
-        by_layer.setdefault(name.split(".")[0], []).append((steps[param].flatten(), below_mu.flatten()))
+    for name, step, below_mu in named:
+        by_layer.setdefault(name.split(".")[0], []).append((step.flatten(), below_mu.flatten()))
     return {layer: (torch.cat([s for s, _ in pairs]), torch.cat([b for _, b in pairs])) for layer, pairs in by_layer.items()}
 
 

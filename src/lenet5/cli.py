@@ -110,14 +110,31 @@ class _DropLitLoggerTip(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
-    from .train import train  # heavy imports after Hydra has parsed the command line
-
+def _quiet_lightning() -> None:
     lightning_log = logging.getLogger("lightning.pytorch")
     lightning_log.propagate = False  # Lightning has its own handler; Hydra's would print each line twice
     for handler in lightning_log.handlers:
         handler.addFilter(_DropLitLoggerTip())
+
+
+def stack_task(cfgs: list[DictConfig]) -> list[float]:
+    """The task of a group of stackable jobs (`hydra/launcher=stacked`): their test errors (%).
+    A failure is recorded in the runs it concerns and printed; the sweep goes on, as for one job."""
+    from .stacked_train import train_stack
+
+    _quiet_lightning()
+    try:
+        return [result["test_error"] for result in train_stack(cfgs)]
+    except Exception as err:
+        print(f"error: stack of {len(cfgs)} jobs failed ({type(err).__name__}: {_one_line(err)}); the sweep goes on", file=sys.stderr)
+        return [float("nan")] * len(cfgs)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
+    from .train import train  # heavy imports after Hydra has parsed the command line
+
+    _quiet_lightning()
     from .resume import JobBusy
     from .sweep import sweep_context
 

@@ -206,6 +206,10 @@ class TrainerConfig:
     progress_bar: bool = True
     #: Use deterministic kernels (same config + seed -> same metrics to the last digit).
     deterministic: bool = True
+    #: torch.compile the training forward: `auto` (on a CUDA GPU, as CUDA graphs; off on a
+    #: CPU), `true` (any device; falls back to eager with a warning if it cannot compile), `false`.
+    #: A string, not an enum: Hydra reads `true`/`false` as booleans, which an enum refuses.
+    compile: str = "auto"
 
 
 @dataclass
@@ -260,7 +264,9 @@ ABLATION_FACTORS: dict[str, str] = {
 
 #: Config keys that do not change what is trained (where it is logged, how it is shown, where
 #: the data lives): left out of the config hash and of the analysis' comparisons.
-NON_SCIENTIFIC_KEYS = ("tracking", "trainer.progress_bar", "trainer.accelerator", "trainer.devices", "data.root", "data.download")
+NON_SCIENTIFIC_KEYS = (
+    "tracking", "trainer.progress_bar", "trainer.accelerator", "trainer.devices", "trainer.compile", "data.root", "data.download",
+)  # fmt: skip
 
 
 #: Keys added after runs were recorded, with the value every earlier run trained with. At that
@@ -281,6 +287,10 @@ def _register() -> None:
     cs.store(name="schema", node=Config)
     cs.store(group="loss", name="schema", node=LossConfig)
     cs.store(group="optim", name="schema", node=OptimConfig)
+    # hydra/launcher=stacked (its module stores its own config node when imported).
+    from hydra_plugins.lenet5_stacked_launcher.stacked_launcher import register
+
+    register()
 
 
 _register()

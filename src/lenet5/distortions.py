@@ -80,8 +80,11 @@ class DistortedBatches(TensorBatches):
         n = len(self.labels)
         image_index, copy = index % n, index // n
         images = self.images[image_index]
-        distorted = copy > 0
-        if distorted.any():
-            rows = (copy[distorted] - 1) * n + image_index[distorted]
-            images[distorted] = distort(images[distorted], self.transforms[rows], self.background)
-        return images, self.labels[image_index]
+        # Every row is warped (originals by any transform, then discarded) and the originals
+        # are put back by `where`: selecting the distorted rows by a mask would need their
+        # count on the host, a device synchronisation every batch. Each row's warp is its own
+        # (affine_grid and grid_sample work image by image), so the values are those of
+        # warping the distorted rows alone.
+        rows = (copy - 1).clamp(min=0) * n + image_index
+        distorted = (copy > 0).view(-1, 1, 1, 1)
+        return torch.where(distorted, distort(images, self.transforms[rows], self.background), images), self.labels[image_index]

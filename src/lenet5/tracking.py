@@ -232,10 +232,9 @@ class TrackedRun:
             )  # fmt: skip
 
 
-@contextmanager
-def tracked_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, claim=None) -> Iterator[TrackedRun]:
-    """Create (or, with a `resume.JobClaim`, take over) the MLflow run for `cfg`, yield it, and
-    end it FINISHED, FAILED or KILLED. `TrackedRun.resumed` is the run taken over, or None."""
+def open_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, claim=None, resume: bool | None = None) -> TrackedRun:
+    """Create (or, with a `resume.JobClaim`, take over) the MLflow run for `cfg`, RUNNING.
+    `resume` (default `tracking.resume`) false: never continue an unfinished run, start anew."""
     from .resume import claim_run, yield_to_earlier_launch
 
     uri = cfg.tracking.uri
@@ -243,7 +242,8 @@ def tracked_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, c
     artifact_root = None if is_remote(uri) else cfg.tracking.artifact_root
     experiment_id = get_or_create_experiment(client, cfg.tracking.experiment, artifact_root)
     job_hash = config_hash(cfg)
-    resumed = claim_run(client, claim, experiment_id, job_hash, cfg.tracking.resume) if claim is not None else None
+    resume = cfg.tracking.resume if resume is None else resume
+    resumed = claim_run(client, claim, experiment_id, job_hash, resume) if claim is not None else None
     if resumed is not None:
         run_id = resumed.info.run_id
     else:
@@ -254,14 +254,30 @@ def tracked_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, c
         claim.start_heartbeat(client, run_id)
         if resumed is None:
             yield_to_earlier_launch(client, claim, experiment_id, job_hash, run_id)
+    return tracked
+
+
+def end_run(tracked: TrackedRun, err: BaseException | None = None) -> None:
+    """End the run FINISHED, or after `err` KILLED (interrupted) or FAILED, with its `failure_reason`."""
+    if err is None:
+        tracked.client.set_terminated(tracked.run_id, "FINISHED")
+        return
+    interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+    reason = "interrupted" if interrupted else f"{type(err).__name__}: {err}"
+    try:
+        tracked.client.set_tag(tracked.run_id, "failure_reason", reason[:5000])
+    finally:
+        tracked.client.set_terminated(tracked.run_id, "KILLED" if interrupted else "FAILED")
+
+
+@contextmanager
+def tracked_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, claim=None) -> Iterator[TrackedRun]:
+    """Create (or, with a `resume.JobClaim`, take over) the MLflow run for `cfg`, yield it, and
+    end it FINISHED, FAILED or KILLED. `TrackedRun.resumed` is the run taken over, or None."""
+    tracked = open_run(cfg, name, extra_tags, claim)
     try:
         yield tracked
     except BaseException as err:
-        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
-        reason = "interrupted" if interrupted else f"{type(err).__name__}: {err}"
-        try:
-            client.set_tag(tracked.run_id, "failure_reason", reason[:5000])
-        finally:
-            client.set_terminated(tracked.run_id, "KILLED" if interrupted else "FAILED")
+        end_run(tracked, err)
         raise
-    client.set_terminated(tracked.run_id, "FINISHED")
+    end_run(tracked)

@@ -143,6 +143,24 @@ def record_setup(run: TrackedRun, cfg: Any, datamodule: MNISTDataModule, counts)
     run.log_metric("model_connections", total.connections)
 
 
+def sweep_membership(cfg: Any, name: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """In a multirun: (the result of a FINISHED run of this job, which the sweep reuses instead
+    of training it again, or None; the tags that make a new run the sweep's child). Outside
+    one: (None, {})."""
+    sweep = sweep_context()
+    if sweep is None:
+        return None, {}
+    if cfg.tracking.skip_finished:
+        done = find_finished(cfg.tracking.uri, cfg.tracking.experiment, config_hash(cfg))
+        if done is not None:
+            print(f"skip: {name} already FINISHED as run {done.info.run_id}")
+            reuse_finished(sweep, done)
+            return _result(done.info.run_id, name, done.data.metrics.get("test_error", float("nan")), cfg), {}
+    if sweep["tracking_uri"] != str(cfg.tracking.uri):
+        return None, {}
+    return None, {"mlflow.parentRunId": sweep["parent_run_id"], "sweep_id": sweep["sweep_id"]}
+
+
 def train(cfg: Any) -> dict[str, Any]:
     """Train the variant `cfg` describes and record it as one MLflow run.
 
@@ -157,17 +175,9 @@ def train(cfg: Any) -> dict[str, Any]:
     name = run_name(cfg, preset_factors(str(cfg.experiment)))
     print(f"{name}\n{counts.to_string(index=False)}")
 
-    sweep = sweep_context()
-    sweep_tags = {}
-    if sweep is not None:
-        if cfg.tracking.skip_finished:
-            done = find_finished(cfg.tracking.uri, cfg.tracking.experiment, config_hash(cfg))
-            if done is not None:
-                print(f"skip: {name} already FINISHED as run {done.info.run_id}")
-                reuse_finished(sweep, done)
-                return _result(done.info.run_id, name, done.data.metrics.get("test_error", float("nan")), cfg)
-        if sweep["tracking_uri"] == str(cfg.tracking.uri):
-            sweep_tags = {"mlflow.parentRunId": sweep["parent_run_id"], "sweep_id": sweep["sweep_id"]}
+    done, sweep_tags = sweep_membership(cfg, name)
+    if done is not None:
+        return done
 
     claim = JobClaim(str(cfg.tracking.uri), str(cfg.tracking.experiment), config_hash(cfg), cfg.tracking.heartbeat_s)
     try:

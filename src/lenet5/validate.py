@@ -172,7 +172,12 @@ def _available(accelerator: str) -> bool:
 
 
 def check_device(cfg: Any) -> None:
-    """An accelerator the machine has, on one device (Lightning would raise a traceback later)."""
+    """An accelerator the machine has, on one device (Lightning would raise a traceback later),
+    and a `trainer.compile` choice."""
+    from .compile import COMPILE_CHOICES, compile_setting
+
+    if compile_setting(cfg) not in COMPILE_CHOICES:
+        raise ConfigError(f"trainer.compile={cfg.trainer.compile} is not a choice; valid choices: {', '.join(COMPILE_CHOICES)}")
     accelerator, devices = str(cfg.trainer.accelerator), str(cfg.trainer.devices)
     if accelerator not in ACCELERATORS:
         raise ConfigError(f"trainer.accelerator={accelerator} is not a choice; valid choices: {', '.join(ACCELERATORS)}")
@@ -199,4 +204,9 @@ def check_launcher(hydra_cfg: Any) -> None:
     if n_jobs is not None and n_jobs == 0:
         raise ConfigError(
             "hydra.launcher.n_jobs=0 runs no job; use the number of jobs to run side by side (e.g. 2), or -1 for one per core"
+        )
+    per_process = OmegaConf.select(hydra_cfg, "launcher.models_per_process", default=None)
+    if per_process is not None and per_process < 1:
+        raise ConfigError(
+            f"hydra.launcher.models_per_process={per_process} must be >= 1 (the most models one process trains side by side; 1: each job alone)"
         )

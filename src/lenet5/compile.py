@@ -1,0 +1,60 @@
+"""`trainer.compile`: the network's training forward (and, through AOTAutograd, its backward)
+compiled by `torch.compile` where that pays, eager elsewhere; in a stack (stacked.py), the
+whole vmapped forward-and-gradient step of the K models.
+
+`auto` (default) compiles on a CUDA GPU with mode "reduce-overhead" (Inductor kernels replayed
+as CUDA graphs: LeNet-5's kernels are tiny, so at small batches a step is mostly launch
+overhead, which the graphs remove) and not on a CPU, where the launch overhead is small
+and the first compilation costs tens of seconds. `true` compiles on any device ("default"
+mode on a CPU, which has no CUDA graphs); `false` never does.
+
+Compiling can fail where eager training works (no C++ compiler for Inductor's CPU kernels,
+an operator Dynamo cannot trace): then the run says so in one line and trains eagerly.
+Evaluation, SDLM's curvature pass and the artifacts use the eager network, which shares
+the compiled one's weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import torch
+
+#: What `trainer.compile` accepts (Hydra reads true/false as booleans; both spellings work).
+COMPILE_CHOICES = ("auto", "true", "false")
+
+
+def compile_setting(cfg: Any) -> str:
+    """`trainer.compile` as one of COMPILE_CHOICES (true/false may arrive as booleans)."""
+    return str(cfg.trainer.compile).lower()
+
+
+def compile_mode(setting: str, device: torch.device) -> str | None:
+    """The torch.compile mode for `setting` on `device`, or None for eager."""
+    if setting == "false" or (setting == "auto" and device.type != "cuda"):
+        return None
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+class CompiledOrEager:
+    """`fn` (a network, or a function of tensors) compiled with `mode`; eager after a one-line
+    warning if compiling fails.
+
+    Not an nn.Module on purpose: held by the LightningModule, it adds no second copy of the
+    network's weights to its state dict (checkpoints stay loadable either way).
+    """
+
+    def __init__(self, fn: Callable, mode: str):
+        self.eager, self.mode = fn, mode
+        self.compiled: Callable | None = torch.compile(fn, mode=mode)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as err:
+                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                warnings.warn(f"trainer.compile: torch.compile (mode {self.mode}) failed, training eagerly: {first_line}", stacklevel=2)
+                self.compiled = None
+        return self.eager(*args)

@@ -1,0 +1,248 @@
+"""K LeNet-5s of one architecture trained side by side as one stacked model, in one process.
+
+Each model keeps everything it would have alone: its initial weights (built by its own
+`LeNet5Module` after `seed_everything(seed)`, as `train.prepare` builds them), its data order
+(its own `TensorBatches` generator, seeded by its seed), its rate and schedule (its own
+torch scheduler, stepped once a pass), and for SDLM its h_kk, re-estimated before each pass
+on its own seeded sample of 500 patterns (`SDLMCurvature`'s generator, seed + 1) and blended
+with its own batch's curvature. What the models share is the work: every step is one
+forward and one backward pass over a (K, B, 1, S, S) batch (`torch.func.vmap` of
+`grad_and_value` of `functional_call`, over the weights stacked by `stack_module_state`;
+with `trainer.compile`, that one function compiled), one curvature pass for all K
+(`gauss_newton_diagonal` is a pure function of the weights), and one optimizer kernel per
+parameter tensor (stacked_optim.py).
+
+Equality with training alone: to float32 rounding, not bit for bit. vmap lowers K
+convolutions to one grouped convolution and K linear layers to one batched matrix product,
+whose reductions add in another order (about 1e-7 relative per step, tests/test_stacked.py),
+so weights after a few hundred steps agree to about 1e-5 and the logged error rates to the
+image, barring a prediction that sat on a tie.
+
+Why a hand loop rather than Lightning: Lightning's loop serves one batch and steps one
+optimizer per step; a stack needs K batches from K generators per step, K schedules, and
+per-model bookkeeping of every metric. The loop is the Lightning module's hooks, in order:
+curvature at the start of a pass, per batch blend, step, per-epoch scheduler, evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from .compile import CompiledOrEager, compile_mode, compile_setting
+from .config import select
+from .data import MNISTDataModule
+from .module import LeNet5Module
+from .optim import make_optimizer, make_schedule
+from .sdlm import gauss_newton_diagonal
+from .stacked_optim import StackedOptimizer
+
+
+def _float32(value: float) -> float:
+    """`value` as Lightning's `self.log` records a Python number: rounded to a float32 tensor."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+@dataclass
+class PassResult:
+    """What pass `number` (1-based) gave each model: `metrics[k]` ({name: value}, the names a
+    single run logs per pass) and, for SDLM, `sdlm_steps[k]` ({layer: (eta/(mu + h_kk)
+    flattened, h_kk < mu flattened)}, as `callbacks.layer_steps` gives them, from the start of
+    the pass)."""
+
+    number: int
+    metrics: list[dict[str, float]]
+    sdlm_steps: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+
+@dataclass
+class _PassTotals:
+    """Running sums of a pass, per model, on the training device."""
+
+    loss_sum: torch.Tensor  # (K,) float32: sum of the batch-mean losses
+    correct: torch.Tensor  # (K,) int64: training images classified right
+    batches: int = 0
+    patterns: int = 0  # per model
+
+
+@dataclass
+class _Member:
+    """One model's own state besides its weights."""
+
+    cfg: Any
+    batches: Any  # TensorBatches or DistortedBatches, seeded by the model's seed
+    schedule_optimizer: torch.optim.Optimizer  # holds the model's current rate; never steps a weight
+    scheduler: Any
+    curvature_generator: torch.Generator | None = None
+    patterns_since_estimate: int = 0
+
+
+class StackedTraining:
+    """Trains the K models `modules` (each built by `train.prepare` from its config in `cfgs`)
+    on `datamodule`'s splits (set up on `device`), K jobs that `grouping.stack_key` finds equal.
+
+    `passes()` runs the training and yields a `PassResult` after each pass; afterwards
+    `params` (name -> (K, ...)) hold the trained weights and `write_back()` copies them into
+    the modules, so everything written for a single run can be written for each.
+    """
+
+    def __init__(self, cfgs: list[Any], modules: list[LeNet5Module], datamodule: MNISTDataModule, device: torch.device):
+        self.cfgs, self.modules, self.datamodule, self.device = cfgs, modules, datamodule, device
+        # The architecture, run with each model's weights in turn: its own weights are never used.
+        self.base = copy.deepcopy(modules[0].model).to(device)
+        cfg = cfgs[0]
+        self.loss_fn, self.sum_loss = modules[0].loss_fn, select(cfg, "loss.reduction") == "sum"
+        self.max_epochs, self.batch_size = cfg.trainer.max_epochs, cfg.data.batch_size
+        self.is_sdlm = select(cfg, "optim.name") == "sdlm"
+        stacked, _ = stack_module_state([m.model for m in modules])
+        self.params = {name: p.detach().to(device) for name, p in stacked.items()}
+        # Every model's gradient and loss in one call; with trainer.compile, compiled whole
+        # (on a GPU as CUDA graphs: one replay for the K forward and backward passes).
+        self.gradients = vmap(grad_and_value(self._loss, has_aux=True))
+        mode = compile_mode(compile_setting(cfg), device)
+        if mode is not None:
+            self.gradients = CompiledOrEager(self.gradients, mode)
+        self.optimizer = StackedOptimizer(self.params, [c.optim for c in cfgs], self.batch_size)
+        self.members = []
+        for c in cfgs:
+            holder = torch.nn.Parameter(torch.zeros(1))
+            schedule_optimizer = make_optimizer([holder], c.optim, c.data.batch_size)
+            member = _Member(c, self._train_batches(c), schedule_optimizer, make_schedule(schedule_optimizer, c.optim, c.trainer.max_epochs))
+            if self.is_sdlm:
+                member.curvature_generator = torch.Generator().manual_seed(c.seed + 1)  # as SDLMCurvature
+            self.members.append(member)
+
+    def _train_batches(self, cfg: Any):
+        # The data module builds its batches from its own seed: borrow it with this model's seed.
+        seed, self.datamodule.seed = self.datamodule.seed, cfg.seed
+        try:
+            return self.datamodule._make_train_batches()
+        finally:
+            self.datamodule.seed = seed
+
+    # --- one model, as a function of its weights (vmap runs it over the stack) ------------
+
+    def _loss(self, params: dict[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor):
+        """images (B, 1, S, S), labels (B,) -> (loss, (per-sample loss (B,), head output (B, 10)))."""
+        out = functional_call(self.base, params, (images,))
+        per_sample = self.loss_fn(out, labels)
+        loss = per_sample.sum() if self.sum_loss else per_sample.mean()
+        return loss, (per_sample.detach(), out.detach())
+
+    def _predict(self, out: torch.Tensor) -> torch.Tensor:
+        """Head outputs (K, N, 10) -> predicted classes (K, N)."""
+        return self.base.predict(out.flatten(0, 1)).view(out.shape[:2])
+
+    # --- SDLM curvature --------------------------------------------------------------------
+
+    def _curvature(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """h_kk of every model on its own images (K, N, 1, S, S) -> name -> (K, ...)."""
+        return vmap(lambda p, x: gauss_newton_diagonal(self.base, x, p))(self.params, images)
+
+    def _estimate_on_samples(self) -> None:
+        train_images, _ = self.datamodule.splits["train"]
+        samples = []
+        for member in self.members:
+            index = torch.randperm(len(train_images), generator=member.curvature_generator)[: member.cfg.optim.curvature_samples]
+            samples.append(train_images[index.to(train_images.device)])
+            member.patterns_since_estimate = 0
+        self.optimizer.set_curvature(self._curvature(torch.stack(samples)))
+
+    def _layer_steps(self, lrs: list[float]) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Per model, `callbacks.layer_steps`' {layer: (steps, h_kk < mu)}."""
+        from .callbacks import group_by_layer
+
+        named = []
+        for name, p in self.params.items():
+            steps = self.optimizer.effective_steps(lrs, name, p)
+            below = self.optimizer.curvature.get(name, torch.zeros_like(p)) < self.optimizer._setting("mu", p)
+            named.append((name, steps, below))
+        return [group_by_layer((name, s[k], b[k]) for name, s, b in named) for k in range(len(self.members))]
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _step(self, batches: tuple[tuple[torch.Tensor, torch.Tensor], ...], lrs: list[float], totals: _PassTotals) -> None:
+        """One update of every model on its own batch (`batches[k]`: (images (B, 1, S, S), labels (B,))).
+
+        Reads nothing back to the host: the pass's totals stay on the device until its end.
+        """
+        images = torch.stack([b[0] for b in batches])  # (K, B, 1, S, S)
+        labels = torch.stack([b[1] for b in batches])  # (K, B)
+        size = labels.shape[1]
+        if self.is_sdlm:
+            optim = self.cfgs[0].optim
+            if optim.curvature_every and self.members[0].patterns_since_estimate >= optim.curvature_every:
+                self._estimate_on_samples()
+            if optim.curvature_gamma > 0:
+                self.optimizer.set_curvature(self._curvature(images), weight=1 - (1 - optim.curvature_gamma) ** size)
+            for member in self.members:
+                member.patterns_since_estimate += size
+        grads, (_, (per_sample, out)) = self.gradients(self.params, images, labels)
+        self.optimizer.step(self.params, grads, lrs)
+        # Each batch's mean counts once, whatever its size: module.py's MeanMetric with
+        # nan_strategy="disable" drops the weight it is given (torchmetrics 1.9 sets it to 1).
+        totals.loss_sum += per_sample.mean(1)
+        totals.correct += (self._predict(out) == labels).sum(1)
+        totals.batches += 1
+        totals.patterns += size
+
+    def passes(self) -> Iterator[PassResult]:
+        for number in range(1, self.max_epochs + 1):
+            lrs = [m.schedule_optimizer.param_groups[0]["lr"] for m in self.members]
+            steps = None
+            if self.is_sdlm:
+                self._estimate_on_samples()
+                steps = self._layer_steps(lrs)
+            k = len(self.members)
+            totals = _PassTotals(torch.zeros(k, device=self.device), torch.zeros(k, dtype=torch.long, device=self.device))
+            started = time.perf_counter()
+            for batches in zip(*(m.batches for m in self.members)):
+                self._step(batches, lrs, totals)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # the pass's time is the GPU's, not the queue's
+            seconds = max(time.perf_counter() - started, 1e-9)
+            for member in self.members:
+                if member.scheduler is not None:
+                    # The holder has no gradient, so this step moves nothing; it keeps torch from
+                    # warning that the scheduler steps an optimizer that never stepped.
+                    member.schedule_optimizer.step()
+                    member.scheduler.step()
+            seen = totals.patterns
+            train_loss = (totals.loss_sum / totals.batches).tolist()
+            train_error = (100.0 * (1.0 - totals.correct.float() / seen)).tolist()
+            evaluation = self.evaluate()
+            metrics = [
+                {
+                    "train_loss": train_loss[i], "train_error": train_error[i], "lr": _float32(lrs[i]),
+                    **{f"{split}_error": errors[i] for split, errors in evaluation.items()},
+                    "epoch_time_s": _float32(seconds), "train_images_per_s": _float32(seen / seconds),
+                }  # fmt: skip
+                for i in range(k)
+            ]
+            yield PassResult(number, metrics, steps)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, list[float]]:
+        """{split: error (%) of each model} on every evaluation split (`test`, `val`)."""
+        errors = {}
+        for split in self.datamodule.eval_split_names:
+            correct, total = torch.zeros(len(self.members), dtype=torch.long, device=self.device), 0
+            for images, labels in self.datamodule.eval_batches(split):
+                out = vmap(lambda p, x: functional_call(self.base, p, (x,)), in_dims=(0, None))(self.params, images)
+                correct += (self._predict(out) == labels).sum(1)
+                total += len(labels)
+            errors[split] = (100.0 * (1.0 - correct.float() / total)).tolist()
+        return errors
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy model k's trained weights into `modules[k]` (moved to the training device)."""
+        for k, module in enumerate(self.modules):
+            module.to(self.device)
+            for name, p in module.model.named_parameters():
+                p.copy_(self.params[name][k])

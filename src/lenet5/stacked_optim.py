@@ -1,0 +1,118 @@
+"""SDLM, SGD and Adam for K models stacked along a leading dimension, each with its own settings.
+
+Every parameter is one tensor (K, ...) (`torch.func.stack_module_state`); the update of model
+k is the one its own optimizer (optim.py: `SDLM`, `torch.optim.SGD`, `torch.optim.Adam`)
+would make, written as elementwise tensor arithmetic over the stack with the per-model
+settings (rate, momentum, weight decay, mu) broadcast as (K, 1, ..., 1). One kernel per
+parameter tensor and rule, whatever K is, instead of K optimizers.
+
+The arithmetic follows the single-tensor paths of torch.optim term by term; where those
+take a per-call Python scalar (`add_(x, alpha=-lr)`) this takes a tensor, which the CPU
+kernels may round differently (fused multiply-add or not), so a stacked update equals the
+single one to float32 rounding, not bit for bit.
+
+Which settings may differ between the models of one stack (the rest must be equal):
+`grouping.STACKABLE_KEYS`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from .config import select
+
+
+def per_model(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    """(K,) Python numbers -> (K, 1, ..., 1) on `like`'s device and dtype, to broadcast over a (K, ...) parameter."""
+    return _per_model(tuple(values), like.dim(), like.dtype, like.device)
+
+
+@lru_cache(maxsize=1024)
+def _per_model(values: tuple[float, ...], dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # Cached: the settings change once a pass at most, and building a tensor from Python numbers
+    # on a GPU is a host-to-device copy that would otherwise happen for every parameter every step.
+    return torch.tensor(values, dtype=dtype, device=device).view(-1, *([1] * (dim - 1)))
+
+
+class StackedOptimizer:
+    """The update rule `optim.name` for K stacked models.
+
+    `params`: name -> (K, ...) tensor, updated in place by `step`. `optim_cfgs`: the K models'
+    `optim` nodes (same `name` and `betas`; rate, momentum, weight decay and mu may differ).
+    `batch_size` is SDLM's patterns per update (optim.py, `make_optimizer`).
+
+    SDLM's h_kk live in `curvature` (name -> (K, ...)), set by `set_curvature`; zero until then.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], optim_cfgs: list[Any], batch_size: int):
+        names = {select(c, "name") for c in optim_cfgs}
+        if len(names) != 1:
+            raise ValueError(f"one stack trains with one optimizer, got {sorted(names)}")
+        (self.name,) = names
+        self.cfgs, self.batch_size = optim_cfgs, batch_size
+        self.steps = 0
+        self.state: dict[str, dict[str, torch.Tensor]] = {name: {} for name in params}
+        self.curvature: dict[str, torch.Tensor] = {}
+        self.any_momentum = any(c.momentum != 0 for c in optim_cfgs)
+        self.any_decay = any(c.weight_decay != 0 for c in optim_cfgs)
+
+    def _setting(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        return per_model([float(c[key]) for c in self.cfgs], like)
+
+    def set_curvature(self, new: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        """h <- (1 - weight) h + weight new, per model (`SDLM.set_curvature`'s rule); `new`: name -> (K, ...)."""
+        for name, value in new.items():
+            value = value.detach()
+            old = self.curvature.get(name)
+            self.curvature[name] = value.clone() if old is None or weight >= 1 else old.mul_(1 - weight).add_(value, alpha=weight)
+
+    def effective_steps(self, lrs: list[float], name: str, like: torch.Tensor) -> torch.Tensor:
+        """SDLM's eta / (mu + h_kk) per model (K, ...), with each model's eta `lrs[k]` (per pattern)."""
+        h = self.curvature.get(name, torch.zeros_like(like))
+        return per_model(lrs, like) / (self._setting("mu", like) + h)
+
+    @torch.no_grad()
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lrs: list[float]) -> None:
+        """One update of every model; `lrs[k]`: model k's rate this pass (its schedule's value)."""
+        self.steps += 1
+        for name, p in params.items():
+            grad = grads[name]
+            if self.name == "sdlm":
+                h = self.curvature.get(name, torch.zeros_like(p))
+                # SDLM.step: p.addcdiv_(grad, mu + h, value=-lr * B), i.e. p + ((value * grad) / denom),
+                # the value formed in double precision as Python forms it.
+                value = per_model([-lr * self.batch_size for lr in lrs], p)
+                p.add_(value * grad / (self._setting("mu", p) + h))
+                continue
+            if self.any_decay:
+                grad = grad + self._setting("weight_decay", p) * p
+            if self.name == "sgd":
+                if self.any_momentum:
+                    state = self.state[name]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = grad.clone()
+                    else:
+                        state["momentum_buffer"].mul_(self._setting("momentum", p)).add_(grad)
+                    grad = state["momentum_buffer"]
+                p.add_(per_model([-lr for lr in lrs], p) * grad)
+            elif self.name == "adam":
+                self._adam(name, p, grad, lrs)
+            else:
+                raise AssertionError(self.name)  # the schema's enum admits nothing else
+
+    def _adam(self, name: str, p: torch.Tensor, grad: torch.Tensor, lrs: list[float]) -> None:
+        beta1, beta2 = (float(b) for b in self.cfgs[0].betas)  # equal in a stack (grouping.py)
+        state = self.state[name]
+        if not state:
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1**self.steps
+        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
+        neg_step_size = per_model([-lr / bias_correction1 for lr in lrs], p)  # in double, as torch forms it
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(1e-8)  # torch.optim.Adam's default eps
+        p.add_(neg_step_size * exp_avg / denom)
