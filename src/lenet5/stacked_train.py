@@ -6,13 +6,29 @@ inputs, the layer table, the per-pass metrics under the same names and steps (`t
 `sdlm/*` telemetry and step histograms), the test artifacts and the trained network, the
 same tags (config hash, ablation factors, sweep parent), plus `stack.size` and `stack.id`
 (which runs trained together). Differences: `epoch_time_s` is the time of the stack's pass
-and `train_images_per_s` each model's own images over it; no per-pass checkpoint is written
-(so no `checkpoint_s`).
+and `train_images_per_s` each model's own images over it.
 
-Resume: a job that already FINISHED is skipped (in a sweep, as `train.train` does); a stack
-that was killed is trained again from scratch by the next launch, in new runs (the killed
-runs are marked KILLED); the jobs of a stack have no per-pass checkpoints to continue from.
-A model whose loss becomes NaN ends FAILED alone; the others train on.
+Resume, as for a single run (resume.py): each pass is committed per member, in the member's
+own run: its own state (`StackedTraining.member_state`: weights, optimizer state with SDLM's
+h_kk, momentum or Adam's moments and update count, rate schedule, data-order and curvature
+generators; 0.5 MB for LeNet-5) is uploaded as `checkpoints/slot<pass mod 2>.pt`, then
+the pass's metrics, `checkpoint_s` and the tags `resume.pass`/`resume.checkpoint` go in one
+`log_batch`. The next launch of the same jobs (the same sweep, or any launch of the job)
+skips FINISHED jobs (in a sweep), holds each other job's `JobClaim` (a job a live process
+trains is skipped, with one line) and continues every unfinished run that has a checkpoint,
+in that run (it keeps the `stack.id` it started with), printing
+`resume: run <id> from pass k of N`; runs without one (killed in pass 1) are marked KILLED and
+start anew. Members are stacked by the pass they continue from: one stack steps its models
+together and no committed pass is trained twice into a run, so members stopped at different
+passes (a kill between two members' commits) train as separate stacks, one after the other.
+A checkpoint holds one model, not the stack, so it loads into any stack of jobs at its pass,
+or alone: a single-run launch of the job (`train.train`) continues it as a stack of one. A
+job killed on the single-run path (a Lightning `.ckpt`) continues there, outside the stack.
+Resumed alone or in another stack, a model agrees with the uninterrupted stack to float32
+rounding (stacked.py); resumed as the same stack, to the last digit on the CPU.
+
+A model whose loss becomes NaN ends FAILED alone (with the passes before committed); the
+others train on. A FAILED run is not resumed: the next launch trains the job anew.
 """
 
 from __future__ import annotations
