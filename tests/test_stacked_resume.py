@@ -145,3 +145,33 @@ def test_members_stopped_at_different_passes_resume_as_stacks_of_their_own_pass(
     assert [r["run_id"] for r in results] == [ghosts[str(seed)].info.run_id for seed in SEEDS]  # in their own runs
     for seed, run in _members(store, "split").items():
         _assert_trained_as_uninterrupted(store, run, whole[seed]["run_id"], seed, exact=False)
+
+
+@pytest.mark.slow
+def test_a_job_killed_in_a_stack_is_resumed_by_a_single_run_launch(reference, monkeypatch, capsys):
+    """A member's checkpoint holds that model alone: `train` (one job, no sweep) continues it,
+    as a stack of one, in its own run, rather than loading it as a Lightning checkpoint."""
+    import lenet5.stacked_train as stacked_train
+    from lenet5.train import train
+
+    store, whole = reference
+    cfgs = [compose(*_overrides(store, "alone"), f"seed={seed}") for seed in SEEDS]
+    commit_pass = stacked_train.commit_pass
+
+    def interrupted(client, run_id, logger, completed, *args):
+        if completed == 2:
+            raise KeyboardInterrupt
+        commit_pass(client, run_id, logger, completed, *args)
+
+    monkeypatch.setattr(stacked_train, "commit_pass", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_stack(cfgs)
+    monkeypatch.undo()
+    ghost = _members(store, "alone")["1"]
+    assert ghost.info.status == "KILLED" and ghost.data.tags[PASS_TAG] == "1"
+
+    capsys.readouterr()
+    result = train(cfgs[1])
+    assert f"resume: run {ghost.info.run_id} from pass 1 of {PASSES}" in capsys.readouterr().out
+    assert result["run_id"] == ghost.info.run_id
+    _assert_trained_as_uninterrupted(store, _members(store, "alone")["1"], whole["1"]["run_id"], "1", exact=False)
