@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -51,6 +51,8 @@ CHECKPOINT_TAG = "resume.checkpoint"  # artifact path of that checkpoint
 OWNER_TAG = "resume.owner"  # host:pid:token of the process training the run
 HEARTBEAT_TAG = "resume.heartbeat"  # unix seconds of the owner's last sign of life
 CHECKPOINT_DIR = "checkpoints"
+#: A single run's checkpoint is Lightning's; a stack member's is stacked_resume.py's own dict.
+LIGHTNING_SUFFIX, STACK_MEMBER_SUFFIX = ".ckpt", ".pt"
 #: An owner that missed this many heartbeats in a row is taken for dead.
 STALE_HEARTBEATS = 3
 #: Seconds between claiming a run on a server store and reading the claim back.
@@ -147,6 +149,25 @@ def unfinished_runs(client: MlflowClient, experiment_id: str, job_hash: str) -> 
     return [run for run in runs if run.info.status in ("RUNNING", "KILLED")]
 
 
+def resumable_run(client: MlflowClient, experiment_id: str, job_hash: str):
+    """The unfinished run with a checkpoint that `claim_run` would continue, or None; claims
+    nothing (a launch looks first to see whose checkpoint format it holds, stacked_train.py)."""
+    return next((run for run in unfinished_runs(client, experiment_id, job_hash) if CHECKPOINT_TAG in run.data.tags), None)
+
+
+def pending_checkpoint(cfg: Any) -> str | None:
+    """The artifact path (`checkpoints/slot<k><suffix>`) of the checkpoint job `cfg` would
+    resume from, or None (nothing to resume, or `tracking.resume` false). Reads only."""
+    from .tracking import config_hash
+
+    if not cfg.tracking.resume:
+        return None
+    client = MlflowClient(tracking_uri=str(cfg.tracking.uri))
+    experiment = client.get_experiment_by_name(str(cfg.tracking.experiment))
+    run = resumable_run(client, experiment.experiment_id, config_hash(cfg)) if experiment is not None else None
+    return run.data.tags[CHECKPOINT_TAG] if run is not None else None
+
+
 def claim_run(client: MlflowClient, claim: JobClaim, experiment_id: str, job_hash: str, resume: bool = True):
     """The unfinished run this job continues in (or None for a fresh run), claimed for `claim`.
 
@@ -208,6 +229,23 @@ def delete_checkpoints(client: MlflowClient, run_id: str) -> None:
         pass
 
 
+def commit_pass(client: MlflowClient, run_id: str, logger, completed: int, save: Callable[[str], None], suffix: str = LIGHTNING_SUFFIX) -> None:
+    """Commit pass `completed` (1-based) of run `run_id`: `save(path)` writes the checkpoint,
+    uploaded to `checkpoints/slot<completed mod 2><suffix>`; then `logger` (a `tracking.PassLogger`
+    holding the pass's metrics) sends them, `checkpoint_s` and the tags pointing at the
+    checkpoint in one `log_batch`. Killed anywhere in between, the store still points at the
+    previous pass's slot, which this upload never touches."""
+    slot = f"slot{completed % 2}{suffix}"
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, slot)
+        save(path)
+        client.log_artifact(run_id, path, CHECKPOINT_DIR)
+    # What resuming costs each pass (save + upload; `checkpoint_s`, MLflow step = pass).
+    logger.log_metrics({"checkpoint_s": time.perf_counter() - started}, step=completed)
+    logger.commit([RunTag(PASS_TAG, str(completed)), RunTag(CHECKPOINT_TAG, f"{CHECKPOINT_DIR}/{slot}")])
+
+
 class PassCheckpoint(L.Callback):
     """Commits each completed pass: checkpoint artifact first, then the pass's metrics and
     the checkpoint's tags in one `log_batch` (see the module docstring).
@@ -225,16 +263,7 @@ class PassCheckpoint(L.Callback):
         completed = trainer.current_epoch  # passes completed
         if completed <= self.committed_pass:
             return
-        slot = f"slot{completed % 2}.ckpt"
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, slot)
-            trainer.save_checkpoint(path, weights_only=False)
-            self.client.log_artifact(self.run_id, path, CHECKPOINT_DIR)
-        # What resuming costs each pass (save + upload; `checkpoint_s`, MLflow step = pass).
-        trainer.logger.log_metrics({"checkpoint_s": time.perf_counter() - started}, step=completed)
-        tags = [RunTag(PASS_TAG, str(completed)), RunTag(CHECKPOINT_TAG, f"{CHECKPOINT_DIR}/{slot}")]
-        trainer.logger.commit(tags)
+        commit_pass(self.client, self.run_id, trainer.logger, completed, lambda path: trainer.save_checkpoint(path, weights_only=False))
         self.committed_pass = completed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -108,6 +108,7 @@ class StackedTraining:
         if mode is not None:
             self.gradients = CompiledOrEager(self.gradients, mode)
         self.optimizer = StackedOptimizer(self.params, [c.optim for c in cfgs], self.batch_size)
+        self.completed = 0  # passes done by every model; `load_member_state` may move it on
         self.members = []
         for c in cfgs:
             holder = torch.nn.Parameter(torch.zeros(1))
@@ -192,7 +193,10 @@ class StackedTraining:
         totals.patterns += size
 
     def passes(self) -> Iterator[PassResult]:
-        for number in range(1, self.max_epochs + 1):
+        """Run the passes after `completed`, yielding each one's result. While the caller holds a
+        result, every model's state is that of "pass `number` done, nothing of the next begun",
+        which is what `member_state` saves."""
+        for number in range(self.completed + 1, self.max_epochs + 1):
             lrs = [m.schedule_optimizer.param_groups[0]["lr"] for m in self.members]
             steps = None
             if self.is_sdlm:
@@ -224,6 +228,7 @@ class StackedTraining:
                 }  # fmt: skip
                 for i in range(k)
             ]
+            self.completed = number
             yield PassResult(number, metrics, steps)
 
     @torch.no_grad()
@@ -238,6 +243,59 @@ class StackedTraining:
                 total += len(labels)
             errors[split] = (100.0 * (1.0 - correct.float() / total)).tolist()
         return errors
+
+    # --- one model's state, saved after a pass and loaded to resume (stacked_train.py) --------
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything model k's next passes depend on, on the CPU, with nothing of the others:
+        a model's checkpoint can so be loaded into any stack of jobs at the same pass.
+
+        Keys: `pass` (passes done); `weights` (name -> tensor of the parameter's own shape);
+        `optimizer_steps` (updates made, Adam's bias correction); `optimizer_state` (name ->
+        {"momentum_buffer" | "exp_avg" | "exp_avg_sq": tensor}); `curvature` (SDLM's h_kk, name
+        -> tensor); `schedule` and `schedule_optimizer` (its rate schedule's state dicts);
+        `order_generator` and `curvature_generator` (torch.Generator states of its data order
+        and SDLM curvature sample); `patterns_since_estimate`. No global RNG: the loop draws
+        only from the models' own generators.
+        """
+        member = self.members[k]
+        own = lambda tensors: {name: t[k].detach().cpu().clone() for name, t in tensors.items()}  # noqa: E731
+        return {
+            "pass": self.completed,
+            "weights": own(self.params),
+            "optimizer_steps": self.optimizer.steps,
+            "optimizer_state": {name: own(state) for name, state in self.optimizer.state.items() if state},
+            "curvature": own(self.optimizer.curvature),
+            "schedule_optimizer": member.schedule_optimizer.state_dict(),
+            "schedule": member.scheduler.state_dict() if member.scheduler is not None else None,
+            "order_generator": member.batches.generator.get_state(),
+            "curvature_generator": member.curvature_generator.get_state() if member.curvature_generator is not None else None,
+            "patterns_since_estimate": member.patterns_since_estimate,
+        }
+
+    @torch.no_grad()
+    def load_member_states(self, states: list[dict[str, Any]]) -> None:
+        """Continue from `member_state` dicts, one per model in order, all at the same pass
+        (one stack steps all its models together)."""
+        passes = {state["pass"] for state in states}
+        steps = {state["optimizer_steps"] for state in states}
+        if len(passes) != 1 or len(steps) != 1 or len(states) != len(self.members):
+            raise ValueError(f"a stack resumes {len(self.members)} models at one pass, got passes {sorted(passes)}, updates {sorted(steps)}")
+        self.completed, self.optimizer.steps = passes.pop(), steps.pop()
+        stacked = lambda key, name: torch.stack([state[key][name] for state in states]).to(self.device)  # noqa: E731
+        for name, p in self.params.items():
+            p.copy_(stacked("weights", name))
+        for name in states[0]["optimizer_state"]:
+            self.optimizer.state[name] = {key: torch.stack([s["optimizer_state"][name][key] for s in states]).to(self.device) for key in states[0]["optimizer_state"][name]}
+        self.optimizer.curvature = {name: stacked("curvature", name) for name in states[0]["curvature"]}
+        for member, state in zip(self.members, states):
+            member.schedule_optimizer.load_state_dict(state["schedule_optimizer"])
+            if member.scheduler is not None:
+                member.scheduler.load_state_dict(state["schedule"])
+            member.batches.generator.set_state(state["order_generator"])
+            if member.curvature_generator is not None:
+                member.curvature_generator.set_state(state["curvature_generator"])
+            member.patterns_since_estimate = state["patterns_since_estimate"]
 
     @torch.no_grad()
     def write_back(self) -> None:

@@ -6,19 +6,37 @@ inputs, the layer table, the per-pass metrics under the same names and steps (`t
 `sdlm/*` telemetry and step histograms), the test artifacts and the trained network, the
 same tags (config hash, ablation factors, sweep parent), plus `stack.size` and `stack.id`
 (which runs trained together). Differences: `epoch_time_s` is the time of the stack's pass
-and `train_images_per_s` each model's own images over it; no per-pass checkpoint is written
-(so no `checkpoint_s`).
+and `train_images_per_s` each model's own images over it.
 
-Resume: a job that already FINISHED is skipped (in a sweep, as `train.train` does); a stack
-that was killed is trained again from scratch by the next launch, in new runs (the killed
-runs are marked KILLED); the jobs of a stack have no per-pass checkpoints to continue from.
-A model whose loss becomes NaN ends FAILED alone; the others train on.
+Resume, as for a single run (resume.py): each pass is committed per member, in the member's
+own run: its own state (`StackedTraining.member_state`: weights, optimizer state with SDLM's
+h_kk, momentum or Adam's moments and update count, rate schedule, data-order and curvature
+generators; 0.5 MB for LeNet-5) is uploaded as `checkpoints/slot<pass mod 2>.pt`, then
+the pass's metrics, `checkpoint_s` and the tags `resume.pass`/`resume.checkpoint` go in one
+`log_batch`. The next launch of the same jobs (the same sweep, or any launch of the job)
+skips FINISHED jobs (in a sweep), holds each other job's `JobClaim` (a job a live process
+trains is skipped, with one line) and continues every unfinished run that has a checkpoint,
+in that run (it keeps the `stack.id` it started with), printing
+`resume: run <id> from pass k of N`; runs without one (killed in pass 1) are marked KILLED and
+start anew. Members are stacked by the pass they continue from: one stack steps its models
+together and no committed pass is trained twice into a run, so members stopped at different
+passes (a kill between two members' commits) train as separate stacks, one after the other.
+A checkpoint holds one model, not the stack, so it loads into any stack of jobs at its pass,
+or alone: a single-run launch of the job (`train.train`) continues it as a stack of one. A
+job killed on the single-run path (a Lightning `.ckpt`) continues there, outside the stack.
+Resumed alone or in another stack, a model agrees with the uninterrupted stack to float32
+rounding (stacked.py); resumed as the same stack, to the last digit on the CPU.
+
+A model whose loss becomes NaN ends FAILED alone (with the passes before committed); the
+others train on. A FAILED run is not resumed: the next launch trains the job anew.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,7 +45,10 @@ from .config import ConfigError, select
 from .grouping import stack_key
 from .model.counts import counts_table
 from .presets import preset_factors
-from .resume import JobBusy, JobClaim
+from .resume import (
+    CHECKPOINT_TAG, LIGHTNING_SUFFIX, PASS_TAG, STACK_MEMBER_SUFFIX, JobBusy, JobClaim, commit_pass, delete_checkpoints,
+    download_checkpoint, pending_checkpoint,
+)  # fmt: skip
 from .stacked import StackedTraining
 from .tracking import TrackedRun, config_hash, end_run, open_run, run_name
 
@@ -53,21 +74,40 @@ def train_stack(cfgs: list[Any]) -> list[dict[str, Any]]:
         raise ConfigError(f"these {len(cfgs)} jobs differ in more than seed and optimizer numbers and cannot train as one stack")
     prepared = [prepare(c, check_data=i == 0, check_tracking=i == 0) for i, c in enumerate(cfgs)]
     results: list[dict[str, Any] | None] = [None] * len(cfgs)
-    todo = []
+    todo, alone = [], []
     for i, (cfg, (_, module)) in enumerate(zip(cfgs, prepared)):
         name = run_name(cfg, preset_factors(str(cfg.experiment)))
         done, sweep_tags = sweep_membership(cfg, name)
+        pending = pending_checkpoint(cfg) if done is None else None
         if done is not None:
             results[i] = done
+        elif pending is not None and pending.endswith(LIGHTNING_SUFFIX):
+            alone.append(i)  # killed on the single-run path: it continues there, from its own checkpoint
         else:
-            todo.append((i, name, sweep_tags))
-    if len(todo) == 1:  # a stack of one is a single run: the ordinary path, resume included
-        (i, _, _), = todo
-        results[i] = train(cfgs[i])
-    elif todo:
-        for i, result in _train_members(cfgs, prepared, todo).items():
+            todo.append((i, name, sweep_tags, pending))
+    if len(todo) == 1 and todo[0][3] is None:  # a fresh stack of one is a single run: the ordinary path
+        alone.append(todo.pop()[0])
+    if todo:
+        for i, result in _train_members(cfgs, prepared, [t[:3] for t in todo]).items():
             results[i] = result
+    for i in alone:
+        results[i] = train(cfgs[i])
     return results  # type: ignore[return-value]
+
+
+@dataclass
+class _Job:
+    """One job of the stack as this launch trains it."""
+
+    index: int  # in `cfgs`
+    name: str
+    run: TrackedRun
+    claim: JobClaim
+    state: dict[str, Any] | None  # its last committed `StackedTraining.member_state`, or None: from the start
+
+    @property
+    def start_pass(self) -> int:
+        return self.state["pass"] if self.state is not None else 0
 
 
 def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
@@ -84,23 +124,37 @@ def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
     datamodule.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in datamodule.splits.items()}
     stack_tags = {"stack.size": str(len(todo)), "stack.id": uuid.uuid4().hex[:10]}
     results: dict[int, dict[str, Any]] = {}
-    members: list[tuple[int, str, TrackedRun, JobClaim]] = []
+    jobs: list[_Job] = []
     try:
         for i, name, sweep_tags in todo:
             cfg = cfgs[i]
             try:
                 claim = JobClaim(str(cfg.tracking.uri), str(cfg.tracking.experiment), config_hash(cfg), cfg.tracking.heartbeat_s)
-                run = open_run(cfg, name, {**sweep_tags, **stack_tags}, claim, resume=False)
+                run = open_run(cfg, name, {**sweep_tags, **stack_tags}, claim)
             except JobBusy as err:
                 print(f"error: {' '.join(str(err).split())}")
                 results[i] = _result("", name, float("nan"), cfg)
                 continue
-            members.append((i, name, run, claim))
-            record_setup(run, cfg, datamodule, counts_table(prepared[i][1].model))
-        print(f"stack of {len(members)}: {', '.join(name for _, name, _, _ in members)}")
-        live = _train(cfgs, prepared, datamodule, device, members)
-        for k, (i, name, run, _) in enumerate(members):
-            if k not in live:
+            job = _Job(i, name, run, claim, None)
+            if run.resumed is not None:
+                try:
+                    job.state = load_member_checkpoint(run)
+                except ConfigError as err:  # left RUNNING, owner gone: the launch that can read it resumes it
+                    claim.release()
+                    print(f"error: {err}")
+                    results[i] = _result(run.run_id, name, float("nan"), cfg)
+                    continue
+                print(f"resume: run {run.run_id} from pass {job.start_pass} of {cfg.trainer.max_epochs}")
+            else:
+                record_setup(run, cfg, datamodule, counts_table(prepared[i][1].model))
+            jobs.append(job)
+        live: set[int] = set()
+        for group in groups_by_pass(jobs):
+            print(f"stack of {len(group)}: {', '.join(job.name for job in group)}" + (f" (from pass {group[0].start_pass})" if group[0].start_pass else ""))
+            live |= _train(cfgs, prepared, datamodule, device, group)
+        for job in jobs:
+            i, name, run = job.index, job.name, job.run
+            if i not in live:
                 results[i] = _result(run.run_id, name, float("nan"), cfgs[i])
                 continue
             cfg, module = cfgs[i], prepared[i][1]
@@ -114,34 +168,66 @@ def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
                 results[i] = _result(run.run_id, name, float("nan"), cfg)
                 continue
             end_run(run)
+            delete_checkpoints(run.client, run.run_id)
             results[i] = _result(run.run_id, name, test_error, cfg)
             print(f"{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs (run {run.run_id})")
     except BaseException as err:
-        for i, _, run, _ in members:
-            if i not in results:
-                end_run(run, err)
+        for job in jobs:
+            if job.index not in results:
+                end_run(job.run, err)
         raise
     finally:
-        for _, _, _, claim in members:
-            claim.release()
+        for job in jobs:
+            job.claim.release()
     return results
 
 
-def _train(cfgs, prepared, datamodule, device, members) -> set[int]:
-    """Run the stack's passes, logging each member's metrics at each pass; the members (their
-    index in `members`) that trained to the end. A member whose loss became NaN ends FAILED."""
+def load_member_checkpoint(run: TrackedRun) -> dict[str, Any]:
+    """The `StackedTraining.member_state` that `run` (taken over by this launch) last committed.
+    A single run's Lightning checkpoint cannot be read here: `train_stack` sends those jobs to
+    `train.train`, and only a launch racing this one could leave one in between."""
+    path = run.resumed.data.tags[CHECKPOINT_TAG]
+    if not path.endswith(STACK_MEMBER_SUFFIX):
+        raise ConfigError(f"run {run.run_id} holds a single run's checkpoint ({path}); run that job alone to resume it")
+    with tempfile.TemporaryDirectory() as scratch:
+        state = torch.load(download_checkpoint(run.client, run.resumed, scratch), map_location="cpu", weights_only=True)
+    if state["pass"] != int(run.resumed.data.tags[PASS_TAG]):
+        raise ConfigError(f"run {run.run_id}: its checkpoint is of pass {state['pass']}, its {PASS_TAG} tag says {run.resumed.data.tags[PASS_TAG]}")
+    return state
+
+
+def groups_by_pass(jobs: list[_Job]) -> list[list[_Job]]:
+    """The jobs in stacks of equal start pass, in order of their first job.
+
+    One stack steps all its models together, and no committed pass may be trained twice into
+    a run, so jobs that stopped at different passes (a kill between two members' commits, a
+    member that started anew because its run had no checkpoint) train as separate stacks, one
+    after the other, each from its own pass.
+    """
+    groups: dict[int, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.start_pass, []).append(job)
+    return list(groups.values())
+
+
+def _train(cfgs, prepared, datamodule, device, jobs: list[_Job]) -> set[int]:
+    """Run the stack of `jobs` (all at one start pass) to its last pass, committing each pass
+    of each member as a single run does (checkpoint, then metrics and `resume.*` tags in one
+    `log_batch`); the members (their index in `cfgs`) that trained to the end. A member whose
+    loss became NaN ends FAILED, with no checkpoint of that pass."""
     import matplotlib.pyplot as plt
 
     from .callbacks import step_telemetry
     from .plots import sdlm_steps_figure
     from .sdlm import PAPER_PASS1_STEPS
 
-    order = [i for i, *_ in members]
-    training = StackedTraining([cfgs[i] for i in order], [prepared[i][1] for i in order], datamodule, device)
-    live = set(range(len(members)))
+    training = StackedTraining([cfgs[j.index] for j in jobs], [prepared[j.index][1] for j in jobs], datamodule, device)
+    if jobs[0].state is not None:
+        training.load_member_states([j.state for j in jobs])
+    live = set(range(len(jobs)))
     for result in training.passes():
         for k in sorted(live):
-            run = members[k][2]
+            run = jobs[k].run
             logger = run.lightning_logger()
             if result.sdlm_steps is not None:
                 steps = result.sdlm_steps[k]
@@ -157,6 +243,7 @@ def _train(cfgs, prepared, datamodule, device, members) -> set[int]:
                 live.discard(k)
                 continue
             logger.log_metrics(metrics, step=result.number)
-            logger.commit([])
+            state = training.member_state(k)
+            commit_pass(run.client, run.run_id, logger, result.number, lambda path, state=state: torch.save(state, path), STACK_MEMBER_SUFFIX)
     training.write_back()
-    return live
+    return {jobs[k].index for k in live}

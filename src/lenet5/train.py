@@ -24,7 +24,9 @@ from .module import LeNet5Module
 from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .presets import preset_factors
 from .provenance import mnist_inputs
-from .resume import PASS_TAG, JobClaim, PassCheckpoint, delete_checkpoints, download_checkpoint
+from .resume import (
+    PASS_TAG, STACK_MEMBER_SUFFIX, JobClaim, PassCheckpoint, delete_checkpoints, download_checkpoint, pending_checkpoint,
+)  # fmt: skip
 from .sweep import find_finished, reuse_finished, sweep_context
 from .store import check_store
 from .tracking import TrackedRun, config_hash, flatten_config, run_name, tracked_run
@@ -166,7 +168,8 @@ def train(cfg: Any) -> dict[str, Any]:
 
     A run of the same config and seed that was killed (or whose process died) is continued
     from its last completed pass, in the same MLflow run (resume.py); one that a live process
-    trains raises JobBusy.
+    trains raises JobBusy. A run killed while training in a stack holds a stack member's
+    checkpoint, not Lightning's: it continues as a stack of one (stacked_train.py).
 
     Returns {"run_id", "run_name", "test_error" (%), "tracking_uri", "experiment"}.
     """
@@ -178,6 +181,11 @@ def train(cfg: Any) -> dict[str, Any]:
     done, sweep_tags = sweep_membership(cfg, name)
     if done is not None:
         return done
+    pending = pending_checkpoint(cfg)
+    if pending is not None and pending.endswith(STACK_MEMBER_SUFFIX):
+        from .stacked_train import train_stack
+
+        return train_stack([cfg])[0]  # killed in a stack: it continues from its stack checkpoint, as a stack of one
 
     claim = JobClaim(str(cfg.tracking.uri), str(cfg.tracking.experiment), config_hash(cfg), cfg.tracking.heartbeat_s)
     try:
