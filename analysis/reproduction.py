@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.reproduction", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="reproduction")
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
-    parser.add_argument("--systems", default=",".join(BY_NAME))
+    parser.add_argument("--systems", default=",".join(BY_NAME), help="the systems to train (the table always lists every system)")
     parser.add_argument("--paper-seeds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "results")
@@ -259,11 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runs = runs[runs["experiment"].isin({s.experiment for s in systems})]
+    # --systems picks what to train; the table always covers every system, so rebuilding it
+    # after training a few never drops the rows of the others.
+    runs = runs[runs["experiment"].isin({s.experiment for s in SYSTEMS})]
     curves = load_curves(args.tracking_uri, runs["run_id"], metrics=("test_error", "train_error", "epoch_time_s"))
-    table = reproduction_table(runs, curves, systems)
+    table = reproduction_table(runs, curves, SYSTEMS)
     if not args.drop_missing:
-        table = carry_over(table, args.out / "reproduction.csv", systems)
+        table = carry_over(table, args.out / "reproduction.csv", SYSTEMS)
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(table, args.experiment, args.tracking_uri, overrides)
     (args.out / "reproduction.md").write_text(text)
