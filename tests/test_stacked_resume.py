@@ -119,18 +119,15 @@ def test_a_stack_killed_after_pass_one_resumes_in_its_runs_to_the_uninterrupted_
         _assert_trained_as_uninterrupted(store, run, whole[seed]["run_id"], seed, exact)
 
 
-@pytest.mark.slow
-def test_members_stopped_at_different_passes_resume_as_stacks_of_their_own_pass(reference, monkeypatch):
-    """Interrupted between two members' commits (here: as seed 1 commits pass 2), seed 0 holds
-    pass 2 and seed 1 pass 1; the next launch continues each from its own pass, in its own run."""
+def _interrupt_stack(monkeypatch, cfgs, stop) -> None:
+    """Train `cfgs` as a stack that stops (KeyboardInterrupt, as Ctrl-C would) at the first
+    member commit for which `stop(client, run_id, completed passes)` holds, before committing it."""
     import lenet5.stacked_train as stacked_train
 
-    store, whole = reference
-    cfgs = [compose(*_overrides(store, "split"), f"seed={seed}") for seed in SEEDS]
     commit_pass = stacked_train.commit_pass
 
     def interrupted(client, run_id, logger, completed, *args):
-        if completed == 2 and client.get_run(run_id).data.tags["seed"] == "1":
+        if stop(client, run_id, completed):
             raise KeyboardInterrupt
         commit_pass(client, run_id, logger, completed, *args)
 
@@ -138,6 +135,15 @@ def test_members_stopped_at_different_passes_resume_as_stacks_of_their_own_pass(
     with pytest.raises(KeyboardInterrupt):
         train_stack(cfgs)
     monkeypatch.undo()
+
+
+@pytest.mark.slow
+def test_members_stopped_at_different_passes_resume_as_stacks_of_their_own_pass(reference, monkeypatch):
+    """Interrupted between two members' commits (here: as seed 1 commits pass 2), seed 0 holds
+    pass 2 and seed 1 pass 1; the next launch continues each from its own pass, in its own run."""
+    store, whole = reference
+    cfgs = [compose(*_overrides(store, "split"), f"seed={seed}") for seed in SEEDS]
+    _interrupt_stack(monkeypatch, cfgs, lambda client, run_id, completed: completed == 2 and client.get_run(run_id).data.tags["seed"] == "1")
     ghosts = _members(store, "split")
     assert {seed: (r.info.status, r.data.tags[PASS_TAG]) for seed, r in ghosts.items()} == {"0": ("KILLED", "2"), "1": ("KILLED", "1")}
 
@@ -151,22 +157,11 @@ def test_members_stopped_at_different_passes_resume_as_stacks_of_their_own_pass(
 def test_a_job_killed_in_a_stack_is_resumed_by_a_single_run_launch(reference, monkeypatch, capsys):
     """A member's checkpoint holds that model alone: `train` (one job, no sweep) continues it,
     as a stack of one, in its own run, rather than loading it as a Lightning checkpoint."""
-    import lenet5.stacked_train as stacked_train
     from lenet5.train import train
 
     store, whole = reference
     cfgs = [compose(*_overrides(store, "alone"), f"seed={seed}") for seed in SEEDS]
-    commit_pass = stacked_train.commit_pass
-
-    def interrupted(client, run_id, logger, completed, *args):
-        if completed == 2:
-            raise KeyboardInterrupt
-        commit_pass(client, run_id, logger, completed, *args)
-
-    monkeypatch.setattr(stacked_train, "commit_pass", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_stack(cfgs)
-    monkeypatch.undo()
+    _interrupt_stack(monkeypatch, cfgs, lambda client, run_id, completed: completed == 2)
     ghost = _members(store, "alone")["1"]
     assert ghost.info.status == "KILLED" and ghost.data.tags[PASS_TAG] == "1"
 
