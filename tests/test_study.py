@@ -12,6 +12,7 @@ import sys
 import mlflow
 import pytest
 
+from analysis.report import main as report_main
 from lenet5.config import PROJECT_DIR
 from lenet5.study import lr_grid, load_study_config, main
 
@@ -173,11 +174,7 @@ def test_the_committed_runs_csv_rebuilds_the_tables_without_the_store(studied, t
     """What results/ablation/*/ commits: runs.csv alone gives back variants and factors as written."""
     _, folder, *_ = studied
     report = folder / "report"
-    done = subprocess.run(
-        [sys.executable, "-m", "analysis.report", "--runs-csv", str(report / "runs.csv"), "--out", str(tmp_path)],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert report_main(["--runs-csv", str(report / "runs.csv"), "--out", str(tmp_path)]) == 0
     for name in ("variants.md", "variants.csv", "factors.md", "factors.csv"):
         assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
     assert "optim" in (tmp_path / "factors.csv").read_text(encoding="utf-8")  # the pair differing in optimizer
