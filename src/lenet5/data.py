@@ -200,7 +200,7 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
         return PAPER_BACKGROUND if self.mode == "paper" else 0.0
 
     def train_dataloader(self) -> TensorBatches | DistortedBatches:
-        self.train_batches = self._make_train_batches()
+        self.train_batches = self.make_train_batches()
         if self.order_state is not None:
             self.train_batches.generator.set_state(self.order_state)
             self.order_state = None
@@ -216,13 +216,15 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
         # Lightning restores this before it asks for the training batches.
         self.order_state = state.get("order_generator")
 
-    def _make_train_batches(self) -> TensorBatches | DistortedBatches:
+    def make_train_batches(self, seed: int | None = None) -> TensorBatches | DistortedBatches:
+        """The training batches, their order (and distortions) drawn from `seed` (default: the module's)."""
+        seed = self.seed if seed is None else seed
         if select(self.cfg, "augment") == "paper":
             return DistortedBatches(
                 *self.splits["train"], self.cfg.batch_size, self.cfg.distorted_copies,
-                self.cfg.distortion, self.background, seed=self.seed, per_pass=self.cfg.patterns_per_pass,
+                self.cfg.distortion, self.background, seed=seed, per_pass=self.cfg.patterns_per_pass,
             )  # fmt: skip
-        return TensorBatches(*self.splits["train"], self.cfg.batch_size, shuffle=True, seed=self.seed, per_pass=self.cfg.patterns_per_pass)
+        return TensorBatches(*self.splits["train"], self.cfg.batch_size, shuffle=True, seed=seed, per_pass=self.cfg.patterns_per_pass)
 
     def val_dataloader(self) -> list[TensorBatches]:
         return [self.eval_batches(name) for name in self.eval_split_names]

@@ -51,7 +51,7 @@ CHECKPOINT_TAG = "resume.checkpoint"  # artifact path of that checkpoint
 OWNER_TAG = "resume.owner"  # host:pid:token of the process training the run
 HEARTBEAT_TAG = "resume.heartbeat"  # unix seconds of the owner's last sign of life
 CHECKPOINT_DIR = "checkpoints"
-#: A single run's checkpoint is Lightning's; a stack member's is stacked_resume.py's own dict.
+#: A single run's checkpoint is Lightning's; a stack member's is `StackedTraining.member_state`'s dict.
 LIGHTNING_SUFFIX, STACK_MEMBER_SUFFIX = ".ckpt", ".pt"
 #: An owner that missed this many heartbeats in a row is taken for dead.
 STALE_HEARTBEATS = 3

@@ -113,18 +113,10 @@ class StackedTraining:
         for c in cfgs:
             holder = torch.nn.Parameter(torch.zeros(1))
             schedule_optimizer = make_optimizer([holder], c.optim, c.data.batch_size)
-            member = _Member(c, self._train_batches(c), schedule_optimizer, make_schedule(schedule_optimizer, c.optim, c.trainer.max_epochs))
+            member = _Member(c, datamodule.make_train_batches(seed=c.seed), schedule_optimizer, make_schedule(schedule_optimizer, c.optim, c.trainer.max_epochs))
             if self.is_sdlm:
                 member.curvature_generator = torch.Generator().manual_seed(c.seed + 1)  # as SDLMCurvature
             self.members.append(member)
-
-    def _train_batches(self, cfg: Any):
-        # The data module builds its batches from its own seed: borrow it with this model's seed.
-        seed, self.datamodule.seed = self.datamodule.seed, cfg.seed
-        try:
-            return self.datamodule._make_train_batches()
-        finally:
-            self.datamodule.seed = seed
 
     # --- one model, as a function of its weights (vmap runs it over the stack) ------------
 
