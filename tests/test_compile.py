@@ -65,19 +65,34 @@ def test_forcing_compile_on_a_cpu_trains_compiled():
 
 @pytest.mark.slow
 def test_a_forced_compile_compiles_the_whole_step_of_a_stack():
-    """In a stack, the K models' forward and gradient are one compiled function."""
+    """In an SDLM stack, the K models' forward and gradient are one compiled function, their
+    per-batch curvature pass another, and training agrees with the eager stack."""
     from lenet5.stacked import StackedTraining
 
     def stack(setting: str) -> StackedTraining:
-        cfgs = [compose(*TINY, f"seed={seed}", f"trainer.compile={setting}") for seed in (0, 1)]
+        paper = ["experiment=paper", "data.train_subset=32", "data.test_subset=64", "data.batch_size=4", "trainer.max_epochs=1"]
+        cfgs = [compose(*paper, f"seed={seed}", f"trainer.compile={setting}") for seed in (0, 1)]
         prepared = [prepare(c, check_tracking=False) for c in cfgs]
         prepared[0][0].setup()
         training = StackedTraining(cfgs, [m for _, m in prepared], prepared[0][0], torch.device("cpu"))
+        if setting == "true":  # count the calls that reach the compiled functions
+            for fn in (training.gradients, training.batch_curvature):
+                fn.compiled = counted(fn.compiled)
         list(training.passes())
         return training
 
+    calls = []
+
+    def counted(fn):
+        def call(*args):
+            calls.append(fn)
+            return fn(*args)
+
+        return call
+
     compiled, eager = stack("true"), stack("false")
-    assert compiled.gradients.compiled is not None  # compiled, no fallback
-    assert not hasattr(eager.gradients, "compiled")  # false: the plain vmapped function
+    assert compiled.gradients.compiled is not None and compiled.batch_curvature.compiled is not None  # compiled, no fallback
+    assert len(calls) == 2 * 8  # 32 images in batches of 4: each of the 8 steps ran both compiled functions
+    assert not hasattr(eager.gradients, "compiled") and not hasattr(eager.batch_curvature, "compiled")  # false: plain vmapped functions
     for name, p in eager.params.items():
         torch.testing.assert_close(compiled.params[name], p, rtol=1e-4, atol=1e-5, msg=name)

@@ -49,7 +49,9 @@ def studied(tmp_path_factory):
     first = study_cli(*command, cwd=folder)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     _, after_first = all_runs(store)
-    again = study_cli(*command, cwd=folder)
+    # Again, with settings that change nothing trained (as a user resuming on another machine
+    # might): still the same study, so no parent run and no training run is added.
+    again = study_cli(*command, "trainer.compile=false", f"study.out={folder / 'report_again'}", cwd=folder)
     assert again.returncode == 0, again.stderr[-3000:]
     return store, folder, first, after_first, again
 
@@ -118,8 +120,22 @@ def test_the_study_is_one_parent_holding_its_stages(studied):
 def test_running_the_study_again_trains_nothing(studied):
     store, _, _, before, again = studied
     _, after = all_runs(store)
-    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)
+    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)  # the same parent run too
     assert ": tune " not in again.stdout and ": final " not in again.stdout  # no stage was launched
+
+
+def test_the_study_id_ignores_what_changes_nothing_trained():
+    from lenet5.study import study_id_of, variants_of
+
+    def study_id(*argv: str) -> str:
+        study = [a.removeprefix("study.") for a in argv if a.startswith("study.")]
+        run = [a for a in argv if not a.startswith("study.")]
+        return study_id_of(load_study_config(study), variants_of(run), run)
+
+    base = study_id("variant=none,optim_adam", "study.tune.trials=2")
+    assert base == study_id("variant=none,optim_adam", "study.tune.trials=2", "trainer.compile=true", "trainer.progress_bar=false", "study.out=elsewhere", "tracking.experiment=x")
+    assert base != study_id("variant=none,optim_adam", "study.tune.trials=3")
+    assert base != study_id("variant=none,optim_adam", "study.tune.trials=2", "data.train_subset=300")
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ mode on a CPU, which has no CUDA graphs); `false` never does.
 Compiling can fail where eager training works (no C++ compiler for Inductor's CPU kernels,
 an operator Dynamo cannot trace): then the run says so in one line and trains eagerly.
 Evaluation, SDLM's curvature pass and the artifacts use the eager network, which shares
-the compiled one's weights.
+the compiled one's weights; in a stack, SDLM's per-batch curvature pass is compiled as well
+(the estimate on samples before each pass stays eager).
 """
 
 from __future__ import annotations

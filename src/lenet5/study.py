@@ -234,11 +234,20 @@ def runs_by_hash(client, experiment_id: str) -> dict[str, Any]:
 
 
 def study_id_of(cfg: Any, variants: list[Variant], run_args: list[str]) -> str:
-    """Same variants, settings and run.py arguments (in any order) -> same id (launchers aside)."""
+    """Same variants, settings and run.py arguments (in any order) -> same id. What does not
+    change what is trained is left out (launchers, `trainer.compile`, `trainer.progress_bar`,
+    `tracking.*`, `study.out`), so a study resumed with another of those is the same study."""
+    from .config import is_scientific_key
+
+    def scientific(overrides: list[str]) -> list[str]:
+        return [o for o in overrides if is_scientific_key(_key(o))]
+
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings.pop("out", None)
     payload = {
-        "variants": [v.overrides for v in variants],
-        "study": OmegaConf.to_container(cfg, resolve=True),
-        "args": sorted(run_args),
+        "variants": [scientific(v.overrides) for v in variants],
+        "study": settings,
+        "args": sorted(scientific(run_args)),
     }
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
