@@ -209,3 +209,39 @@ def load_curves(tracking_uri: str, run_ids: Iterable[str], metrics: Iterable[str
     ]
     curves = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
     return curves.sort_values(["run_id", "metric", "step"], ignore_index=True)
+
+
+def training_time(tracking_uri: str, run_ids: Iterable[str]) -> dict[str, float]:
+    """What training `run_ids` cost, from their per-pass `epoch_time_s` and its timestamps (see
+    `training_time_of`); a run that trained no pass adds nothing."""
+    client = _client(tracking_uri)
+    rows = []
+    for run_id in dict.fromkeys(run_ids):
+        stack_size = int(client.get_run(run_id).data.tags.get("stack.size", "1"))
+        for point in client.get_metric_history(run_id, "epoch_time_s"):
+            rows.append((run_id, point.timestamp / 1000.0, point.value, stack_size))
+    return training_time_of(pd.DataFrame(rows, columns=["run_id", "logged_at", "seconds", "stack_size"]))
+
+
+def training_time_of(passes: pd.DataFrame) -> dict[str, float]:
+    """passes: one row per run and training pass: logged_at (s since the epoch, when the pass's
+    metrics were logged), seconds (the pass's training time), stack_size (models trained
+    together in that pass's process; 1 for a single run). Returns
+
+    - `core_s`: process-seconds of training: each pass's seconds shared among the models of
+      its stack, summed (a stack of K costs one process, not K);
+    - `wall_s`: seconds of wall clock in which at least one of the runs was training (the
+      union of the intervals [logged_at - seconds, logged_at]), which leaves out the gaps
+      between launches of a resumed study;
+    - `passes`: the number of (run, pass) rows.
+    """
+    if passes.empty:
+        return {"core_s": 0.0, "wall_s": 0.0, "passes": 0}
+    core = float((passes["seconds"] / passes["stack_size"]).sum())
+    intervals = sorted(zip(passes["logged_at"] - passes["seconds"], passes["logged_at"]))
+    wall, (start, end) = 0.0, intervals[0]
+    for low, high in intervals[1:]:
+        if low > end:
+            wall, start = wall + end - start, low
+        end = max(end, high)
+    return {"core_s": core, "wall_s": wall + end - start, "passes": len(passes)}

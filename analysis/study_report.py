@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import plots
 from .report import BEST_MARK, RECIPE_NOTES, TUNED_PARAMS, _markdown, variants_display, write_tables
-from .runs import ReportError, load_runs
+from .runs import ReportError, load_runs, training_time
 from .stats import variant_table
 from .tuning import selection_display, tuning_figure
 
@@ -55,6 +55,26 @@ def write_study_report(
     shown["key"] = shown["variant"].str.removesuffix(f" {BEST_MARK}")
     combined = shown.merge(tuning.drop(columns="optimizer"), left_on="key", right_on="variant", how="left", suffixes=("", "_tuning"))
     combined = combined.drop(columns=["key", "variant_tuning"])
-    (out / "study.md").write_text(_markdown(combined) + f"\n\n{RECIPE_NOTES['tuned']}\n", encoding="utf-8")
+    (out / "study.md").write_text(
+        _markdown(combined) + f"\n\n{RECIPE_NOTES['tuned']}\n\n{compute_note(tracking_uri, trials, finals)}\n", encoding="utf-8"
+    )
     files["study.md"] = out / "study.md"
     return files
+
+
+def compute_note(tracking_uri: str, trials: pd.DataFrame, finals: dict[str, str]) -> str:
+    """One line: the training time of the study's tuning runs and finals (`runs.training_time`)."""
+    tuning = training_time(tracking_uri, trials["run_id"].dropna())
+    final = training_time(tracking_uri, finals)
+    both = training_time(tracking_uri, [*trials["run_id"].dropna(), *finals])
+    return (
+        f"Compute: {_duration(both['core_s'])} of training passes in all (tuning {_duration(tuning['core_s'])}, "
+        f"finals {_duration(final['core_s'])}; process time, a stack's pass counted once, evaluation and logging "
+        f"left out), during {_duration(both['wall_s'])} of wall clock in which some run of the study was training."
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 
 import mlflow
+import pandas as pd
 import pytest
 
 from analysis.report import main as report_main
@@ -163,6 +165,8 @@ def test_the_report_has_the_tuning_columns_and_plot(studied):
     assert (report / "tuning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"variants.md", "factors.md", "tuning.md", "tuning.csv", "tuning_trials.csv"} <= {p.name for p in report.iterdir()}
     assert "selected lr" in again.stdout  # the study's table is printed
+    spent = re.search(r"Compute: ([\d.]+) (s|min|h) of training passes in all \(tuning ([\d.]+) (s|min|h), finals ([\d.]+) (s|min|h)", study_md)
+    assert spent and all(float(spent.group(i)) > 0 for i in (1, 3, 5))  # both stages trained and were timed
 
 
 def test_a_bad_study_setting_is_refused_in_one_line(capsys):
@@ -195,3 +199,21 @@ def test_the_committed_runs_csv_rebuilds_the_tables_without_the_store(studied, t
         assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
     assert "optim" in (tmp_path / "factors.csv").read_text(encoding="utf-8")  # the pair differing in optimizer
     assert not (tmp_path / "learning_curves.png").exists()  # needs the store
+
+
+def test_training_time_counts_a_stacks_pass_once_and_gaps_between_launches_not_at_all():
+    from analysis.runs import training_time_of
+
+    passes = pd.DataFrame(
+        [  # run, logged at (s), seconds, stack size
+            ("a", 100.0, 100.0, 2), ("b", 100.0, 100.0, 2),  # one stack of two, pass 1: [0, 100]
+            ("a", 250.0, 100.0, 2), ("b", 250.0, 100.0, 2),  # its pass 2, 50 s of evaluation later: [150, 250]
+            ("c", 200.0, 150.0, 1),  # a single run beside it: [50, 200]
+            ("c", 5000.0, 100.0, 1),  # resumed after a gap: [4900, 5000]
+        ],
+        columns=["run_id", "logged_at", "seconds", "stack_size"],
+    )
+    time = training_time_of(passes)
+    assert time["core_s"] == 100 + 100 + 150 + 100  # two stack passes, two single ones
+    assert time["wall_s"] == 250 + 100  # [0, 250] and [4900, 5000]
+    assert time["passes"] == 6
