@@ -105,7 +105,8 @@ class StackedTraining:
         # (on a GPU as CUDA graphs: one replay for the K forward and backward passes).
         self.gradients = vmap(grad_and_value(self._loss, has_aux=True))
         # SDLM's h_kk of every model on its own batch, before each update (curvature_gamma > 0).
-        self.batch_curvature = vmap(lambda p, x: gauss_newton_diagonal(self.base, x, p))
+        self.eager_curvature = vmap(lambda p, x: gauss_newton_diagonal(self.base, x, p))
+        self.batch_curvature = self.eager_curvature
         mode = compile_mode(compile_setting(cfg), device)
         if mode is not None:
             self.gradients = CompiledOrEager(self.gradients, mode)
@@ -144,7 +145,7 @@ class StackedTraining:
         """h_kk of every model on its own images (K, N, 1, S, S) -> name -> (K, ...), eager:
         the estimate on `curvature_samples` patterns runs once a pass, not worth compiling
         for a second input shape."""
-        return vmap(lambda p, x: gauss_newton_diagonal(self.base, x, p))(self.params, images)
+        return self.eager_curvature(self.params, images)
 
     def _estimate_on_samples(self) -> None:
         train_images, _ = self.datamodule.splits["train"]
