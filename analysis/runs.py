@@ -211,16 +211,17 @@ def load_curves(tracking_uri: str, run_ids: Iterable[str], metrics: Iterable[str
     return curves.sort_values(["run_id", "metric", "step"], ignore_index=True)
 
 
-def training_time(tracking_uri: str, run_ids: Iterable[str]) -> dict[str, float]:
-    """What training `run_ids` cost, from their per-pass `epoch_time_s` and its timestamps (see
-    `training_time_of`); a run that trained no pass adds nothing."""
+def training_passes(tracking_uri: str, run_ids: Iterable[str]) -> pd.DataFrame:
+    """One row per run and training pass, from its `epoch_time_s` history: run_id, logged_at
+    (s since the epoch), seconds, stack_size (the run's `stack.size` tag; 1 for a single run).
+    The frame `training_time_of` reads; a run that trained no pass has no row."""
     client = _client(tracking_uri)
     rows = []
     for run_id in dict.fromkeys(run_ids):
         stack_size = int(client.get_run(run_id).data.tags.get("stack.size", "1"))
         for point in client.get_metric_history(run_id, "epoch_time_s"):
             rows.append((run_id, point.timestamp / 1000.0, point.value, stack_size))
-    return training_time_of(pd.DataFrame(rows, columns=["run_id", "logged_at", "seconds", "stack_size"]))
+    return pd.DataFrame(rows, columns=["run_id", "logged_at", "seconds", "stack_size"])
 
 
 def training_time_of(passes: pd.DataFrame) -> dict[str, float]:

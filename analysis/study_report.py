@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import plots
 from .report import BEST_MARK, RECIPE_NOTES, TUNED_PARAMS, _markdown, variants_display, write_tables
-from .runs import ReportError, load_runs, training_time
+from .runs import ReportError, load_runs, training_passes, training_time_of
 from .stats import variant_table
 from .tuning import selection_display, tuning_figure
 
@@ -63,10 +63,11 @@ def write_study_report(
 
 
 def compute_note(tracking_uri: str, trials: pd.DataFrame, finals: dict[str, str]) -> str:
-    """One line: the training time of the study's tuning runs and finals (`runs.training_time`)."""
-    tuning = training_time(tracking_uri, trials["run_id"].dropna())
-    final = training_time(tracking_uri, finals)
-    both = training_time(tracking_uri, [*trials["run_id"].dropna(), *finals])
+    """One line: the training time of the study's tuning runs and finals (`runs.training_time_of`)."""
+    passes = training_passes(tracking_uri, [*trials["run_id"].dropna(), *finals])
+    both = training_time_of(passes)
+    tuning = training_time_of(passes[~passes["run_id"].isin(finals)])
+    final = training_time_of(passes[passes["run_id"].isin(finals)])
     return (
         f"Compute: {_duration(both['core_s'])} of training passes in all (tuning {_duration(tuning['core_s'])}, "
         f"finals {_duration(final['core_s'])}; process time, a stack's pass counted once, evaluation and logging "

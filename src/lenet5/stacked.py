@@ -104,9 +104,12 @@ class StackedTraining:
         # Every model's gradient and loss in one call; with trainer.compile, compiled whole
         # (on a GPU as CUDA graphs: one replay for the K forward and backward passes).
         self.gradients = vmap(grad_and_value(self._loss, has_aux=True))
-        # SDLM's h_kk of every model on its own batch, before each update (curvature_gamma > 0).
-        self.eager_curvature = vmap(lambda p, x: gauss_newton_diagonal(self.base, x, p))
-        self.batch_curvature = self.eager_curvature
+        # SDLM's h_kk of every model on its own images (params, images (K, N, 1, S, S)) ->
+        # name -> (K, ...): on `curvature_samples` patterns before each pass (eager: once a
+        # pass, not worth compiling for a second input shape), and, as `batch_curvature`, on
+        # each batch before its update (curvature_gamma > 0).
+        self.curvature_pass = vmap(lambda p, x: gauss_newton_diagonal(self.base, x, p))
+        self.batch_curvature = self.curvature_pass
         mode = compile_mode(compile_setting(cfg), device)
         if mode is not None:
             self.gradients = CompiledOrEager(self.gradients, mode)
@@ -141,12 +144,6 @@ class StackedTraining:
 
     # --- SDLM curvature --------------------------------------------------------------------
 
-    def _curvature(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """h_kk of every model on its own images (K, N, 1, S, S) -> name -> (K, ...), eager:
-        the estimate on `curvature_samples` patterns runs once a pass, not worth compiling
-        for a second input shape."""
-        return self.eager_curvature(self.params, images)
-
     def _estimate_on_samples(self) -> None:
         train_images, _ = self.datamodule.splits["train"]
         samples = []
@@ -154,7 +151,7 @@ class StackedTraining:
             index = torch.randperm(len(train_images), generator=member.curvature_generator)[: member.cfg.optim.curvature_samples]
             samples.append(train_images[index.to(train_images.device)])
             member.patterns_since_estimate = 0
-        self.optimizer.set_curvature(self._curvature(torch.stack(samples)))
+        self.optimizer.set_curvature(self.curvature_pass(self.params, torch.stack(samples)))
 
     def _layer_steps(self, lrs: list[float]) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Per model, `callbacks.layer_steps`' {layer: (steps, h_kk < mu)}."""
