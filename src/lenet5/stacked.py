@@ -99,6 +99,8 @@ class StackedTraining:
         self.loss_fn, self.sum_loss = modules[0].loss_fn, select(cfg, "loss.reduction") == "sum"
         self.max_epochs, self.batch_size = cfg.trainer.max_epochs, cfg.data.batch_size
         self.is_sdlm = select(cfg, "optim.name") == "sdlm"
+        if self.is_sdlm:  # read once, not on every step (OmegaConf lookups are slow; grouping makes them equal in a stack)
+            self.curvature_every, self.curvature_gamma = cfg.optim.curvature_every, cfg.optim.curvature_gamma
         stacked, _ = stack_module_state([m.model for m in modules])
         self.params = {name: p.detach().to(device) for name, p in stacked.items()}
         # Every model's gradient and loss in one call; with trainer.compile, compiled whole
@@ -175,11 +177,10 @@ class StackedTraining:
         labels = torch.stack([b[1] for b in batches])  # (K, B)
         size = labels.shape[1]
         if self.is_sdlm:
-            optim = self.cfgs[0].optim
-            if optim.curvature_every and self.members[0].patterns_since_estimate >= optim.curvature_every:
+            if self.curvature_every and self.members[0].patterns_since_estimate >= self.curvature_every:
                 self._estimate_on_samples()
-            if optim.curvature_gamma > 0:
-                self.optimizer.set_curvature(self.batch_curvature(self.params, images), weight=1 - (1 - optim.curvature_gamma) ** size)
+            if self.curvature_gamma > 0:
+                self.optimizer.set_curvature(self.batch_curvature(self.params, images), weight=1 - (1 - self.curvature_gamma) ** size)
             for member in self.members:
                 member.patterns_since_estimate += size
         grads, (_, (per_sample, out)) = self.gradients(self.params, images, labels)
