@@ -391,7 +391,10 @@ class Study:
         self.run_missing("final", index, variant, jobs)
         done = [job for job in jobs.values() if job.status == "finished"]
         if len(done) < len(jobs):
-            self.errors[variant.label] = f"{len(jobs) - len(done)} final run(s) did not finish (see the FAILED runs)"
+            self.errors[variant.label] = (
+                f"{len(jobs) - len(done)} final run(s) did not finish (FAILED, or being trained by another launch "
+                "of the study); run the command again"
+            )
         self.tag_runs(done, {
             "stage": "final", "tune.id": tuning_id, "tune.selected.optim.lr": f"{lr:g}",
             "tune.selected_run_ids": selected["selected_run_ids"], "tune.budget_passes": str(selected["budget_passes"]),
