@@ -77,10 +77,15 @@ def select_baseline(runs: pd.DataFrame, baseline: str | None) -> str | None:
     """The variant label `baseline` names: a label itself, or space/comma separated key=value
     filters over experiment, variant (the `variant=` delta), the factors (`pool=max`) or their
     config keys (`model.pool=max`). Several matches: the one whose delta is "none", else an
-    error. None: the variant labelled "paper" when there is one."""
+    error. None: the variant labelled "paper" when there is one, else the one labelled "paper"
+    but for its dataset ("paper dataset=fashion_mnist": a run's name carries a dataset other
+    than MNIST), when exactly one is."""
     variants = _variants_in_order(runs)
     if baseline is None:
-        return DEFAULT_BASELINE if DEFAULT_BASELINE in variants else None
+        if DEFAULT_BASELINE in variants:
+            return DEFAULT_BASELINE
+        on_other_data = [v for v in variants if re.sub(r" dataset=\S+", "", v) == DEFAULT_BASELINE]
+        return on_other_data[0] if len(on_other_data) == 1 else None
     if baseline in variants:
         return baseline
     filters = _parse_filters(baseline, variants)

@@ -213,6 +213,12 @@ def test_baseline_selection(runs):
     assert variant_table(runs, "model.head=softmax, loss=cross_entropy")["variant"].iloc[0] == LABELS["head_softmax_ce"]
     unnamed = variant_table(runs)  # no variant is labelled "paper": no baseline columns
     assert not unnamed["baseline"].any() and unnamed[["diff", "p", "p_holm"]].isna().all().all()
+    # A study on Fashion-MNIST: every label carries the dataset; the paper preset as is is the baseline.
+    fashion = variant_table(runs.assign(variant=runs["variant"].str.replace("optim=adam", "dataset=fashion_mnist")))
+    assert fashion.set_index("variant")["baseline"].to_dict() == {
+        label.replace("optim=adam", "dataset=fashion_mnist"): delta == "none" for delta, label in LABELS.items()
+    }
+    assert fashion.loc[~fashion["baseline"], "diff"].notna().all()
     without_none = runs[runs["delta"] != "none"]
     with pytest.raises(ReportError, match="must match one variant, matches: paper pool=max optim=adam; paper head="):
         variant_table(without_none, BASELINE)
