@@ -56,10 +56,21 @@ def write_study_report(
     combined = shown.merge(tuning.drop(columns="optimizer"), left_on="key", right_on="variant", how="left", suffixes=("", "_tuning"))
     combined = combined.drop(columns=["key", "variant_tuning"])
     (out / "study.md").write_text(
-        _markdown(combined) + f"\n\n{RECIPE_NOTES['tuned']}\n\n{compute_note(tracking_uri, trials, finals)}\n", encoding="utf-8"
+        _markdown(combined) + f"\n\n{RECIPE_NOTES['tuned']} {finals_note(runs)}\n\n{compute_note(tracking_uri, trials, finals)}\n",
+        encoding="utf-8",
     )
     files["study.md"] = out / "study.md"
     return files
+
+
+def finals_note(runs: pd.DataFrame) -> str:
+    """One sentence: the finals' protocol (seeds, passes, training images), read from their runs,
+    so a study trained on a smaller budget says so in its own table."""
+    seeds = ", ".join(str(s) for s in sorted(runs["seed"].astype(int).unique()))
+    passes = " or ".join(str(p) for p in sorted(runs["trainer.max_epochs"].astype(int).unique()))
+    subsets = sorted(runs["data.train_subset"].astype(int).unique())
+    images = " or ".join(f"{n:,}" if n else "all 60,000" for n in subsets)
+    return f"Finals: seeds {seeds}; passes: {passes}, over {images} training images; test error after the last pass."
 
 
 def compute_note(tracking_uri: str, trials: pd.DataFrame, finals: dict[str, str]) -> str:

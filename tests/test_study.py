@@ -162,6 +162,7 @@ def test_the_report_has_the_tuning_columns_and_plot(studied):
     # Two rates are both ends of the range: whichever won is flagged.
     assert study_md.count("end: widen the range") == 2
     assert "Tuned recipe" in study_md and "Tuned recipe" in (report / "variants.md").read_text(encoding="utf-8")
+    assert "Finals: seeds 0, 1; passes: 1, over 300 training images" in study_md  # STUDY's finals, on the subset
     assert (report / "tuning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"variants.md", "factors.md", "tuning.md", "tuning.csv", "tuning_trials.csv"} <= {p.name for p in report.iterdir()}
     assert "selected lr" in again.stdout  # the study's table is printed
