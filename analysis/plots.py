@@ -95,6 +95,7 @@ def learning_curves_figure(curves: pd.DataFrame, runs: pd.DataFrame, metrics: tu
 
 
 def save(figure: Figure, path: Path) -> Path:
-    """Write `figure` to `path` as a PNG."""
-    figure.savefig(path, dpi=120)
+    """Write `figure` to `path` as a PNG, grown to hold whatever sticks out of the figure (an
+    axis label wider than axes that long variant names have squeezed)."""
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
