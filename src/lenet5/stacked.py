@@ -162,7 +162,7 @@ class StackedTraining:
         named = []
         for name, p in self.params.items():
             steps = self.optimizer.effective_steps(lrs, name, p)
-            below = self.optimizer.curvature.get(name, torch.zeros_like(p)) < self.optimizer._setting("mu", p)
+            below = self.optimizer.curvature.get(name, torch.zeros_like(p)) < self.optimizer.setting("mu", p)
             named.append((name, steps, below))
         return [group_by_layer((name, s[k], b[k]) for name, s, b in named) for k in range(len(self.members))]
 

@@ -30,6 +30,10 @@ def per_model(values: list[float], like: torch.Tensor) -> torch.Tensor:
     return _per_model(tuple(values), like.dim(), like.dtype, like.device)
 
 
+#: The optimizer settings each model of a stack may set on its own (`grouping.STACKABLE_KEYS`).
+PER_MODEL_SETTINGS = ("momentum", "weight_decay", "mu")
+
+
 @lru_cache(maxsize=1024)
 def _per_model(values: tuple[float, ...], dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     # Cached: the settings change once a pass at most, and building a tensor from Python numbers
@@ -52,20 +56,20 @@ class StackedOptimizer:
         if len(names) != 1:
             raise ValueError(f"one stack trains with one optimizer, got {sorted(names)}")
         (self.name,) = names
-        self.cfgs, self.batch_size = optim_cfgs, batch_size
+        self.batch_size = batch_size
         self.steps = 0
         self.state: dict[str, dict[str, torch.Tensor]] = {name: {} for name in params}
         self.curvature: dict[str, torch.Tensor] = {}
-        self.any_momentum = any(c.momentum != 0 for c in optim_cfgs)
-        self.any_decay = any(c.weight_decay != 0 for c in optim_cfgs)
-        # Each setting read from the configs once: an OmegaConf lookup per parameter per step
-        # was 12 % of a compiled SDLM stack's step on a CPU (profiled; the settings never change).
-        self._values: dict[str, tuple[float, ...]] = {}
+        # The settings as plain numbers, read from the configs once: an OmegaConf lookup per
+        # parameter per step was 12 % of a compiled SDLM stack's step on a CPU (profiled).
+        self.settings = {key: tuple(float(c[key]) for c in optim_cfgs) for key in PER_MODEL_SETTINGS}
+        self.betas = tuple(float(b) for b in optim_cfgs[0].betas)  # equal in a stack (grouping.py)
+        self.any_momentum = any(self.settings["momentum"])
+        self.any_decay = any(self.settings["weight_decay"])
 
-    def _setting(self, key: str, like: torch.Tensor) -> torch.Tensor:
-        if key not in self._values:
-            self._values[key] = tuple(float(c[key]) for c in self.cfgs)
-        return _per_model(self._values[key], like.dim(), like.dtype, like.device)
+    def setting(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """Setting `key` (one of PER_MODEL_SETTINGS) of every model, as (K, 1, ..., 1) to broadcast over `like`."""
+        return _per_model(self.settings[key], like.dim(), like.dtype, like.device)
 
     def set_curvature(self, new: dict[str, torch.Tensor], weight: float = 1.0) -> None:
         """h <- (1 - weight) h + weight new, per model (`SDLM.set_curvature`'s rule); `new`: name -> (K, ...)."""
@@ -77,7 +81,7 @@ class StackedOptimizer:
     def effective_steps(self, lrs: list[float], name: str, like: torch.Tensor) -> torch.Tensor:
         """SDLM's eta / (mu + h_kk) per model (K, ...), with each model's eta `lrs[k]` (per pattern)."""
         h = self.curvature.get(name, torch.zeros_like(like))
-        return per_model(lrs, like) / (self._setting("mu", like) + h)
+        return per_model(lrs, like) / (self.setting("mu", like) + h)
 
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lrs: list[float]) -> None:
@@ -90,17 +94,17 @@ class StackedOptimizer:
                 # SDLM.step: p.addcdiv_(grad, mu + h, value=-lr * B), i.e. p + ((value * grad) / denom),
                 # the value formed in double precision as Python forms it.
                 value = per_model([-lr * self.batch_size for lr in lrs], p)
-                p.add_(value * grad / (self._setting("mu", p) + h))
+                p.add_(value * grad / (self.setting("mu", p) + h))
                 continue
             if self.any_decay:
-                grad = grad + self._setting("weight_decay", p) * p
+                grad = grad + self.setting("weight_decay", p) * p
             if self.name == "sgd":
                 if self.any_momentum:
                     state = self.state[name]
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = grad.clone()
                     else:
-                        state["momentum_buffer"].mul_(self._setting("momentum", p)).add_(grad)
+                        state["momentum_buffer"].mul_(self.setting("momentum", p)).add_(grad)
                     grad = state["momentum_buffer"]
                 p.add_(per_model([-lr for lr in lrs], p) * grad)
             elif self.name == "adam":
@@ -109,7 +113,7 @@ class StackedOptimizer:
                 raise AssertionError(self.name)  # the schema's enum admits nothing else
 
     def _adam(self, name: str, p: torch.Tensor, grad: torch.Tensor, lrs: list[float]) -> None:
-        beta1, beta2 = (float(b) for b in self.cfgs[0].betas)  # equal in a stack (grouping.py)
+        beta1, beta2 = self.betas
         state = self.state[name]
         if not state:
             state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
