@@ -65,3 +65,13 @@ def run_cli(*args: str, cwd: Path = PROJECT_DIR, timeout: int = 300) -> subproce
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def assert_tables_rebuild_from_runs_csv(report: Path, out: Path) -> None:
+    """`analysis.report --runs-csv report/runs.csv` writes into `out` the variant and factor
+    tables `report` holds, byte for byte (no MLflow store needed)."""
+    from analysis.report import main as report_main
+
+    assert report_main(["--runs-csv", str(report / "runs.csv"), "--out", str(out)]) == 0
+    for name in ("variants.md", "variants.csv", "factors.md", "factors.csv"):
+        assert (out / name).read_bytes() == (report / name).read_bytes(), f"{report.name}/{name}"

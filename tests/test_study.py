@@ -14,11 +14,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from analysis.report import main as report_main
 from lenet5.config import PROJECT_DIR
 from lenet5.study import lr_grid, load_study_config, main
 
-from .conftest import small_overrides
+from .conftest import assert_tables_rebuild_from_runs_csv, small_overrides
 
 EXPERIMENT = "fair"
 VARIANTS = {"paper": "sdlm", "paper optim=adam": "adam"}
@@ -195,9 +194,7 @@ def test_the_committed_runs_csv_rebuilds_the_tables_without_the_store(studied, t
     """What results/ablation/*/ commits: runs.csv alone gives back variants and factors as written."""
     _, folder, *_ = studied
     report = folder / "report"
-    assert report_main(["--runs-csv", str(report / "runs.csv"), "--out", str(tmp_path)]) == 0
-    for name in ("variants.md", "variants.csv", "factors.md", "factors.csv"):
-        assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
+    assert_tables_rebuild_from_runs_csv(report, tmp_path)
     assert "optim" in (tmp_path / "factors.csv").read_text(encoding="utf-8")  # the pair differing in optimizer
     assert not (tmp_path / "learning_curves.png").exists()  # needs the store
 
