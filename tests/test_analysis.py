@@ -278,7 +278,7 @@ def test_a_pair_that_also_differs_in_another_param_is_flagged_not_pooled(runs):
     assert flagged["effect"] == pytest.approx((batch_64.set_index("seed")["test_error"] - paper).mean())
 
 
-PATH_STEPS = ["none", "path_1_pool", "path_2_act", "path_3_head_loss", "path_4_c3", "path_5_init", "path_6_optim"]
+PATH_STEPS = ["none", "pool_max", "path_2_act", "path_3_head_loss", "path_4_c3", "path_5_init", "path_6_optim"]
 
 
 def test_factor_table_along_the_paper_to_modern_path(study):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import mlflow
 import pytest
 
 from lenet5.cli import job_overrides
+from lenet5.config import PROJECT_DIR
 from lenet5.tracking import flatten_config
 
 from .conftest import compose, run_cli, small_overrides
@@ -175,6 +177,24 @@ def test_path_ends_at_the_modern_preset():
     last = flatten_config(compose("variant=path_6_optim"))
     modern = flatten_config(compose("experiment=modern"))
     assert {k for k in last if last[k] != modern[k]} == {"experiment", "variant"}
+
+
+def test_no_two_variant_files_compose_the_same_training_run():
+    """The `variant` label is part of the config hash, so two files that set the same keys would
+    be tuned and trained once per name: `path`'s first step and `ofat`'s `pool_max` were."""
+    from lenet5.tracking import config_hash
+
+    names = sorted(p.stem for p in (PROJECT_DIR / "conf" / "variant").glob("*.yaml"))
+    by_content: dict[str, list[str]] = {}
+    for name in names:
+        flat = flatten_config(compose(f"variant={name}"))
+        flat.pop("variant")
+        by_content.setdefault(json.dumps(flat, sort_keys=True, default=str), []).append(name)
+    assert [group for group in by_content.values() if len(group) > 1] == []
+    sweep_variants = {tuple(j) for sweep in ("ofat", "path") for j in job_overrides(["-m", f"sweep={sweep}", "seed=0"])[0]}
+    hashes = {config_hash(compose(*job)) for job in sweep_variants}
+    # ofat's 8 jobs and path's 7 share `none` and `pool_max`: 13 runs a seed, not 15.
+    assert (len(sweep_variants), len(hashes)) == (15, 13)
 
 
 @pytest.mark.slow
