@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .config import select
+from .grouping import STACKABLE_KEYS
 
 
 def per_model(values: list[float], like: torch.Tensor) -> torch.Tensor:
@@ -30,8 +31,9 @@ def per_model(values: list[float], like: torch.Tensor) -> torch.Tensor:
     return _per_model(tuple(values), like.dim(), like.dtype, like.device)
 
 
-#: The optimizer settings each model of a stack may set on its own (`grouping.STACKABLE_KEYS`).
-PER_MODEL_SETTINGS = ("momentum", "weight_decay", "mu")
+#: The optimizer settings each model of a stack may set on its own, read from the configs once
+#: (the rate is not one of them: it follows each model's schedule and comes with every step).
+PER_MODEL_SETTINGS = tuple(key.removeprefix("optim.") for key in STACKABLE_KEYS if key.startswith("optim.") and key != "optim.lr")
 
 
 @lru_cache(maxsize=1024)
