@@ -198,3 +198,43 @@ def test_deleted_experiment_is_refused(tmp_path, monkeypatch, capsys):
     before = path.read_bytes()
     line = refused_in_process([f"tracking.uri=sqlite:///{path}", "tracking.experiment=gone"], monkeypatch, capsys)
     assert "tracking.experiment=gone is deleted" in line and path.read_bytes() == before
+
+
+def _hold_write_lock(path, seconds: float | None = None):
+    """Another process's write, as SQLite sees it: an EXCLUSIVE lock on `path`, released after
+    `seconds` (in a thread) or by the caller (`.rollback()`) when None."""
+    import sqlite3
+    import threading
+
+    holder = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    holder.execute("begin exclusive")
+    if seconds is not None:
+        threading.Timer(seconds, holder.rollback).start()
+    return holder
+
+
+def test_store_locked_past_the_busy_timeout_is_refused_as_locked(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").create_experiment("busy")
+    before = path.read_bytes()
+    monkeypatch.setattr("lenet5.store.SQLITE_BUSY_TIMEOUT_S", 0.5)  # MLflow's 20 s, shortened for the test
+    holder = _hold_write_lock(path)
+    try:
+        line = refused_in_process([f"tracking.uri=sqlite:///{path}", "tracking.experiment=busy"], monkeypatch, capsys)
+    finally:
+        holder.rollback()
+    assert f"{path} has been locked by another process's write for over 0.5 s" in line
+    assert "cannot be read" not in line and path.read_bytes() == before
+
+
+def test_store_briefly_locked_by_another_writer_is_waited_for(tmp_path):
+    """A lock held for 6 s, longer than sqlite3's default 5 s wait but within MLflow's 20 s, as a
+    busy second launch of a study may hold one: the check waits instead of refusing the store."""
+    from lenet5.store import check_store
+
+    path = tmp_path / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").create_experiment("busy")
+    started = time.monotonic()
+    _hold_write_lock(path, seconds=6.0)
+    check_store(f"sqlite:///{path}", "busy")  # raises ConfigError if it gave up
+    assert time.monotonic() - started >= 6.0  # it did wait for the lock

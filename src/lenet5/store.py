@@ -29,6 +29,11 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 #: How long a tracking server may take to answer the reachability probe, in seconds.
 PROBE_TIMEOUT_S = 5.0
 
+#: How long the check waits on a SQLite store another process is writing, in seconds: as long
+#: as MLflow itself waits (its sessions set `PRAGMA busy_timeout = 20000`), so a store that is
+#: merely busy, e.g. with a second launch of a study writing to it, is not refused.
+SQLITE_BUSY_TIMEOUT_S = 20.0
+
 
 def check_store(uri: str, experiment: str) -> None:
     """Refuse, with one line, a store no run could be recorded in; reads it, never writes.
@@ -83,13 +88,19 @@ def _check_sqlite_store(uri: str, experiment: str) -> None:
     if not header:  # an empty file: MLflow makes it a store
         return
     # Read-only: looking must leave the file byte for byte as it was.
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
     try:
         tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
         if "experiments" not in tables:
             raise ConfigError(f"tracking.uri={uri}: {path} is a SQLite database but not an MLflow store; point tracking.uri at a new path")
         found = connection.execute("select lifecycle_stage from experiments where name = ?", (experiment,)).fetchone()
     except sqlite3.DatabaseError as err:
+        busy = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY  # low byte: the primary result code
+        if busy:
+            raise ConfigError(
+                f"tracking.uri={uri}: {path} has been locked by another process's write for over "
+                f"{SQLITE_BUSY_TIMEOUT_S:g} s (a suspended or hung process?); resume or end it, then run again"
+            ) from None
         raise ConfigError(f"tracking.uri={uri}: {path} cannot be read as a SQLite database ({err})") from None
     finally:
         connection.close()
