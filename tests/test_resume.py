@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -47,6 +48,27 @@ def _wait_for(condition, timeout: float = 240.0, what: str = "condition"):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _freeze_between_writes(job: subprocess.Popen, store: str) -> None:
+    """SIGSTOP `job` at a moment it holds no lock on its SQLite store. Frozen mid-write it would
+    keep the store locked, and every other process, a second launch included, would wait on it."""
+    path = store.removeprefix("sqlite:///")
+
+    def frozen_outside_a_write() -> bool:
+        job.send_signal(signal.SIGSTOP)
+        probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            probe.execute("begin exclusive")  # fails while the job holds any lock on the file
+            probe.execute("rollback")
+            return True
+        except sqlite3.OperationalError:
+            job.send_signal(signal.SIGCONT)
+            return False
+        finally:
+            probe.close()
+
+    _wait_for(frozen_outside_a_write, what="a moment the job holds no lock on the store")
 
 
 def _history(store: str, run) -> dict[str, list[tuple[int, float]]]:
@@ -99,7 +121,7 @@ def test_a_second_launch_of_a_running_job_is_refused_and_a_death_in_pass_one_lea
     job = _launch(*_overrides(store, "busy", passes=1))
     try:
         _wait_for(lambda: _runs(store, "busy"), what="the run to be created")
-        job.send_signal(signal.SIGSTOP)  # frozen in pass 1, lock held: "still training", however fast the machine
+        _freeze_between_writes(job, store)  # frozen in pass 1, job lock held: "still training", however fast the machine
         second = run_cli(*_overrides(store, "busy", passes=1))
         assert second.returncode == 2
         (line,) = second.stderr.strip().splitlines()
