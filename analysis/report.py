@@ -127,7 +127,10 @@ def _write_tables(
     )
     paths["tex"].write_text(latex.translate(LATEX_SYMBOLS), encoding="utf-8")
     page = _styled(display, highlighted, "font-weight: bold; background-color: #e6f4ea;")
-    paths["html"].write_text(page.set_caption(caption).set_table_styles(HTML_TABLE_CSS).to_html(doctype_html=True), encoding="utf-8")
+    # Styler ids its table with a random uuid by default: the same runs would give a different
+    # page each time, and a committed study's HTML would change on every rerun of its command.
+    page = page.set_uuid(stem.name).set_caption(caption).set_table_styles(HTML_TABLE_CSS)
+    paths["html"].write_text(page.to_html(doctype_html=True), encoding="utf-8")
     return {path.name: path for path in paths.values()}
 
 
