@@ -169,6 +169,28 @@ def test_the_report_has_the_tuning_columns_and_plot(studied):
     assert spent and all(float(spent.group(i)) > 0 for i in (1, 3, 5))  # both stages trained and were timed
 
 
+@pytest.mark.slow
+def test_the_report_follows_the_studys_variant_order_not_the_order_finals_started(studied, tmp_path):
+    """Two launches interleave a study's finals (mnist-path's step 3 started before its step 2):
+    the report's rows keep the order the study lists its variants in, the baseline still first."""
+    from analysis.study_report import write_study_report
+    from analysis.tuning import select_rates
+
+    store, folder, _, runs, _ = studied
+    finals = sorted(_training_runs(runs, "final"), key=lambda r: r.info.start_time)
+    started = list(dict.fromkeys(r.data.tags["study.variant"] for r in finals))
+    assert started == list(VARIANTS)  # paper's finals started first...
+    study_order = started[::-1]  # ...so a study listing adam first has them out of its order
+    trials = pd.read_csv(folder / "report" / "tuning_trials.csv")
+    selection = select_rates(trials).set_index("variant").loc[study_order].reset_index()
+    labels = {r.info.run_id: r.data.tags["study.variant"] for r in finals}
+    write_study_report(store, EXPERIMENT, tmp_path, trials, selection, labels, "a reordered study")
+    assert list(dict.fromkeys(pd.read_csv(tmp_path / "runs.csv")["variant"])) == study_order
+    assert pd.read_csv(tmp_path / "variants.csv")["variant"].tolist() == ["paper", "paper optim=adam"]  # baseline first
+    study_rows = [line.split("|")[1].strip() for line in (tmp_path / "study.md").read_text(encoding="utf-8").splitlines()[2:4]]
+    assert [row.removesuffix(" ★") for row in study_rows] == ["paper", "paper optim=adam"]
+
+
 def test_a_bad_study_setting_is_refused_in_one_line(capsys):
     assert main(["sweep=ofat", "study.tune.trails=3"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
