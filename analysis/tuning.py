@@ -10,6 +10,7 @@ low, high (the optimizer's range), passes, train_images.
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -93,6 +94,10 @@ def selection_display(selection: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+#: Characters per line of a panel title (a 4.2-inch panel at fontsize "small").
+TITLE_WIDTH = 55
+
+
 def tuning_figure(trials: pd.DataFrame, selection: pd.DataFrame) -> Figure:
     """Validation error (%) against learning rate, one panel per variant, log x axis; the y
     axis is logarithmic where the errors span more than a factor of 10. Each seed is a point,
@@ -125,7 +130,8 @@ def tuning_figure(trials: pd.DataFrame, selection: pd.DataFrame) -> Figure:
             pick = chosen.loc[variant]
             ax.plot([pick["selected_lr"]], [pick["val_error"]], "*", color="tab:green", markersize=14,
                     label=f"selected {pick['selected_lr']:.3g}" + (f" (at {pick['at_edge']} end)" if pick["at_edge"] else ""))  # fmt: skip
-        ax.set_title(f"{variant} ({own['optim'].iloc[0]})", fontsize="small")
+        # A path step's label runs to ~100 characters: unwrapped, neighbouring titles overprint.
+        ax.set_title(textwrap.fill(f"{variant} ({own['optim'].iloc[0]})", TITLE_WIDTH), fontsize="small")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("validation error (%)")
         ax.grid(alpha=0.3, which="both")
