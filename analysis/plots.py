@@ -23,6 +23,12 @@ def _row_height(rows: int) -> float:
     return 1.2 + 0.4 * max(rows, 1)
 
 
+def _width_for(labels: list[str]) -> float:
+    """Figure width (inches) that leaves the axes 4 inches beside the longest y label: a path
+    step's ~110-character label in a fixed 8 inches collapsed the axes to nothing."""
+    return max(8.0, 4.0 + 0.075 * max((len(label) for label in labels), default=0))
+
+
 def _interval_bars(ax, centres: pd.Series, low: pd.Series, high: pd.Series, colours: list[str]) -> None:
     """Horizontal points at `centres` with bars from `low` to `high`; rows with a NaN bound get a point only."""
     positions = np.arange(len(centres))
@@ -37,14 +43,15 @@ def _interval_bars(ax, centres: pd.Series, low: pd.Series, high: pd.Series, colo
 def variants_figure(table: pd.DataFrame) -> Figure:
     """Mean final test error (%) per variant with its 95% interval (`variant_table`'s frame);
     a variant with one seed is a bare point. Best in green, baseline in blue."""
-    figure = Figure(figsize=(8, _row_height(len(table))), layout="constrained")
+    labels = [f"{variant} (n={n})" for variant, n in zip(table["variant"], table["n"])]
+    figure = Figure(figsize=(_width_for(labels), _row_height(len(table))), layout="constrained")
     ax = figure.subplots()
     colours = [
         BEST_COLOUR if best else BASELINE_COLOUR if baseline else OTHER_COLOUR
         for best, baseline in zip(table["best"], table["baseline"])
     ]
     _interval_bars(ax, table["mean"], table["ci_low"], table["ci_high"], colours)
-    ax.set_yticklabels([f"{variant} (n={n})" for variant, n in zip(table["variant"], table["n"])])
+    ax.set_yticklabels(labels)
     ax.set_xlabel("test error (%), mean over seeds with 95% CI")
     ax.grid(axis="x", alpha=0.3)
     return figure
@@ -53,7 +60,8 @@ def variants_figure(table: pd.DataFrame) -> Figure:
 def factors_figure(table: pd.DataFrame) -> Figure:
     """Effect of each factor change on test error (percentage points) with its 95% interval
     (`factor_table`'s frame); flagged (confounded) rows in orange. Left of 0: the change helps."""
-    figure = Figure(figsize=(8, _row_height(len(table))), layout="constrained")
+    labels = [f"{factor}: {change}{' (flagged)' if flag else ''}" for factor, change, flag in table[["factor", "change", "flag"]].itertuples(index=False)]
+    figure = Figure(figsize=(_width_for(labels), _row_height(len(table))), layout="constrained")
     ax = figure.subplots()
     ax.axvline(0, color="black", linewidth=0.8)
     if table.empty:
@@ -62,9 +70,7 @@ def factors_figure(table: pd.DataFrame) -> Figure:
     else:
         colours = [FLAGGED_COLOUR if flag else BASELINE_COLOUR for flag in table["flag"]]
         _interval_bars(ax, table["effect"], table["ci_low"], table["ci_high"], colours)
-        ax.set_yticklabels(
-            [f"{factor}: {change}{' (flagged)' if flag else ''}" for factor, change, flag in table[["factor", "change", "flag"]].itertuples(index=False)]
-        )
+        ax.set_yticklabels(labels)
     ax.set_xlabel("change in test error (percentage points)\nmean over paired seeds with 95% CI")
     ax.grid(axis="x", alpha=0.3)
     return figure
