@@ -52,7 +52,7 @@ def write_study_report(
     runs["variant"] = runs["run_id"].map(finals)
     # Rows in the study's order (a path's steps in sequence), not in the order the finals
     # happened to start: two launches of a study, or a resumed one, interleave them.
-    study_order = {label: rank for rank, label in enumerate(dict.fromkeys(selection["variant"]))}
+    study_order = {label: rank for rank, label in enumerate(selection["variant"])}  # one row a variant
     runs = runs.sort_values("variant", key=lambda labels: labels.map(study_order), kind="stable")
     files |= write_tables(runs, tracking_uri, out, scope, baseline, tuned=TUNED_PARAMS)
     shown = variants_display(variant_table(runs, baseline))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 
 import mlflow
@@ -203,9 +205,6 @@ def test_deleted_experiment_is_refused(tmp_path, monkeypatch, capsys):
 def _hold_write_lock(path, seconds: float | None = None):
     """Another process's write, as SQLite sees it: an EXCLUSIVE lock on `path`, released after
     `seconds` (in a thread) or by the caller (`.rollback()`) when None."""
-    import sqlite3
-    import threading
-
     holder = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     holder.execute("begin exclusive")
     if seconds is not None:
