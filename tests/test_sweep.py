@@ -149,8 +149,8 @@ def test_a_sweep_into_a_real_mlflow_server(tmp_path):
 
 def test_sweep_presets_expand_to_their_jobs():
     ofat, multirun = job_overrides(["-m", "sweep=ofat"])
-    assert multirun and len(ofat) == 8 * 3 and len({tuple(j) for j in ofat}) == 24
-    assert len(job_overrides(["-m", "sweep=ofat", "seed=0,1"])[0]) == 8 * 2  # the command line wins
+    assert multirun and len(ofat) == 10 * 3 and len({tuple(j) for j in ofat}) == 30
+    assert len(job_overrides(["-m", "sweep=ofat", "seed=0,1"])[0]) == 10 * 2  # the command line wins
     assert len(job_overrides(["-m", "sweep=factorial"])[0]) == 3 * 5 * 2 * 2 * 2
     assert len(job_overrides(["-m", "sweep=path", "seed=4"])[0]) == 7
 
@@ -159,7 +159,7 @@ def test_ofat_variants_change_one_factor_each():
     paper = compose("experiment=paper")
     factor_keys = {"model.pool", "model.activation", "model.c3", "model.init", "model.head", "loss.name", "optim.name"}
     labels = {"experiment", "variant"}
-    for variant in ("pool_max", "act_relu", "c3_full", "init_default", "head_softmax_ce", "optim_sgd", "optim_adam"):
+    for variant in ("pool_max", "act_relu", "act_tanh", "act_sigmoid", "c3_full", "init_default", "head_softmax_ce", "optim_sgd", "optim_adam"):
         changed = {
             k for k, v in flatten_config(compose(f"variant={variant}")).items()
             if flatten_config(paper)[k] != v and k not in labels
@@ -190,8 +190,8 @@ def test_no_two_variant_files_compose_the_same_training_run():
     assert [group for group in by_content.values() if len(group) > 1] == []
     sweep_variants = {tuple(j) for sweep in ("ofat", "path") for j in job_overrides(["-m", f"sweep={sweep}", "seed=0"])[0]}
     hashes = {config_hash(compose(*job)) for job in sweep_variants}
-    # ofat's 8 jobs and path's 7 share `none` and `pool_max`: 13 runs a seed, not 15.
-    assert (len(sweep_variants), len(hashes)) == (15, 13)
+    # ofat's 10 jobs and path's 7 share `none` and `pool_max`: 15 runs a seed, not 17.
+    assert (len(sweep_variants), len(hashes)) == (17, 15)
 
 
 @pytest.mark.slow
