@@ -237,3 +237,18 @@ def test_store_briefly_locked_by_another_writer_is_waited_for(tmp_path):
     _hold_write_lock(path, seconds=6.0)
     check_store(f"sqlite:///{path}", "busy")  # raises ConfigError if it gave up
     assert time.monotonic() - started >= 6.0  # it did wait for the lock
+
+
+def test_help_is_the_suites_own_page(tmp_path):
+    """`run.py --help`: every ablation factor with every choice the schema allows, the presets,
+    and where the runs go; nothing trains and nothing is recorded."""
+    from lenet5.config import factor_choices
+
+    done = run_cli("--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for key, choices in factor_choices().items():
+        (line,) = [row for row in done.stdout.splitlines() if row.strip().startswith(key.removesuffix(".name") + " ")]
+        assert line.split(None, 1)[1] == ", ".join(choices)
+    assert "experiment: modern, paper" in done.stdout and "sweep: factorial, ofat, path" in done.stdout
+    assert "tracking.uri" in done.stdout and "lenet5.study" in done.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()

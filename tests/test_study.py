@@ -9,19 +9,23 @@ import os
 import re
 import subprocess
 import sys
+import typing
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
 from lenet5.config import PROJECT_DIR
-from lenet5.study import lr_grid, load_study_config, main
+from lenet5.study import load_study_config, lr_grid, main, refined_rates
 
 from .conftest import assert_tables_rebuild_from_runs_csv, small_overrides
 
 EXPERIMENT = "fair"
 VARIANTS = {"paper": "sdlm", "paper optim=adam": "adam"}
 STUDY = ["study.tune.trials=2", "study.tune.passes=1", "study.final.seeds=[0,1]", "study.final.passes=1"]
+#: Seeds on demand, planned from the 2 pilot seeds: every variant gets exactly 3.
+GROW = ["study.final.min_seeds=3", "study.final.max_seeds=3"]
 
 
 def study_cli(*args: str, cwd, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -44,9 +48,15 @@ def all_runs(store: str):
 
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory):
+    """Four launches on one store: the grid alone; the same study refined (the default); that
+    command again, with settings that change nothing trained; and its finals grown from the 2
+    pilot seeds to the 3 that study.final.min_seeds asks of every variant."""
     folder = tmp_path_factory.mktemp("study")
     store = f"sqlite:///{folder / 'mlflow.db'}"
     command = ["variant=none,optim_adam", *run_overrides(store), *STUDY, f"study.out={folder / 'report'}"]
+    grid = study_cli(*command, "study.tune.refine=false", f"study.out={folder / 'report_grid'}", cwd=folder)
+    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
+    _, after_grid = all_runs(store)
     first = study_cli(*command, cwd=folder)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     _, after_first = all_runs(store)
@@ -54,39 +64,99 @@ def studied(tmp_path_factory):
     # might): still the same study, so no parent run and no training run is added.
     again = study_cli(*command, "trainer.compile=false", f"study.out={folder / 'report_again'}", cwd=folder)
     assert again.returncode == 0, again.stderr[-3000:]
-    return store, folder, first, after_first, again
+    _, after_again = all_runs(store)
+    grown = study_cli(*command, *GROW, f"study.out={folder / 'report_grown'}", cwd=folder)
+    assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
+    _, after_grown = all_runs(store)
+    return Launches(store, folder, first, after_first, again, after_again, grown, after_grid, after_grown)
+
+
+class Launches(typing.NamedTuple):
+    store: str
+    folder: Path
+    first: subprocess.CompletedProcess
+    after_first: list
+    again: subprocess.CompletedProcess
+    after_again: list
+    grown: subprocess.CompletedProcess
+    after_grid: list
+    after_grown: list
 
 
 def _training_runs(runs, stage):
     return [r for r in runs if r.data.tags.get("stage") == stage and "config_hash" in r.data.tags]
 
 
+def _parent(runs, refined: bool):
+    """The study's parent run of the grid-only launch (refined=False) or of the refined study."""
+    (parent,) = [
+        r for r in runs if r.data.tags.get("study.parent") == "true" and r.data.params["study.tune.refine"] == str(refined)
+        and "study.final.min_seeds" in r.data.params and r.data.params["study.final.min_seeds"] == "None"
+    ]  # fmt: skip
+    return parent
+
+
+def _finals_of(runs, parent):
+    member = f"study.member.{parent.data.tags['study_id']}"
+    return [r for r in _training_runs(runs, "final") if r.data.tags.get(member) == "true"]
+
+
+def _new(after, before):
+    known = {r.info.run_id for r in before}
+    return [r for r in after if r.info.run_id not in known]
+
+
 @pytest.mark.slow
-def test_each_variant_gets_the_argmin_of_its_tuning_runs_val_error(studied):
-    store, _, _, runs, _ = studied
+def test_each_variant_gets_the_argmin_of_all_its_tuning_runs(studied):
+    """The grid, then exactly the documented refinement (the midpoints to the grid selection's
+    neighbours), and the final selection over all of them, straight from the store."""
+    runs = studied.after_first
     cfg = load_study_config([o.removeprefix("study.") for o in STUDY])
-    tune, finals = _training_runs(runs, "tune"), _training_runs(runs, "final")
-    assert len(tune) == 4 and len(finals) == 4
+    tune, finals = _training_runs(runs, "tune"), _finals_of(runs, _parent(runs, refined=True))
+    assert len(tune) == 2 * (2 + 1) and len(finals) == 4  # a 2-rate grid's selection is at an end: one midpoint
     for label, optim in VARIANTS.items():
         mine = [r for r in tune if r.data.tags["study.variant"] == label]
         rates = {float(r.data.params["optim.lr"]): r for r in mine}
-        assert sorted(rates) == lr_grid(cfg, optim) and len(rates) == 2
-        # The choice, straight from the store: lowest last-pass val_error, ties to the smaller rate.
-        best = min(rates, key=lambda lr: (rates[lr].data.metrics["val_error"], lr))
+        score = lambda lr: (rates[lr].data.metrics["val_error"], lr)  # noqa: E731 - lowest error, ties to the smaller rate
+        grid = lr_grid(cfg, optim)
+        assert sorted(rates) == sorted(grid + refined_rates(grid, min(grid, key=score)))
+        assert sorted(r.data.tags["tune.round"] for r in mine) == ["grid", "grid", "refine"]
+        best = min(rates, key=score)
         own_finals = [r for r in finals if r.data.tags["study.variant"] == label]
         assert {float(r.data.params["optim.lr"]) for r in own_finals} == {best}
         assert {r.data.tags["tune.selected.optim.lr"] for r in own_finals} == {f"{best:g}"}
         assert {r.data.tags["tune.selected_run_ids"] for r in own_finals} == {rates[best].info.run_id}
         assert {r.data.tags["tune.id"] for r in own_finals} == {r.data.tags["tune.id"] for r in mine}
-        assert {r.data.tags["tune.budget_passes"] for r in own_finals} == {"2"}  # 2 rates x 1 pass x 1 seed
+        assert {r.data.tags["tune.budget_passes"] for r in own_finals} == {"3"}  # 3 rates x 1 pass x 1 seed
+
+
+def test_refinement_tries_the_midpoints_to_the_selections_neighbours():
+    grid = [5e-06, 5e-05, 0.0005, 0.005]
+    assert refined_rates(grid, 5e-05) == [1.58e-05, 0.000158]
+    assert refined_rates(grid, 5e-06) == [1.58e-05]  # an end has one neighbour
+    assert refined_rates(grid, 0.005) == [0.00158]
+
+
+@pytest.mark.slow
+def test_refining_a_study_trains_its_midpoints_and_only_the_finals_whose_selection_moved(studied):
+    before, after = studied.after_grid, studied.after_first
+    added = [r for r in _new(after, before) if "config_hash" in r.data.tags]
+    assert sorted(r.data.tags["tune.round"] for r in added if r.data.tags["stage"] == "tune") == ["refine", "refine"]
+    grid_finals = _finals_of(before, _parent(before, refined=False))
+    refined_finals = _finals_of(after, _parent(after, refined=True))
+    for label in VARIANTS:
+        was = {r.data.params["optim.lr"] for r in grid_finals if r.data.tags["study.variant"] == label}
+        now = {r.data.params["optim.lr"] for r in refined_finals if r.data.tags["study.variant"] == label}
+        new_finals = [r for r in added if r.data.tags["stage"] == "final" and r.data.tags["study.variant"] == label]
+        # A final is its config hash: one at an unchanged rate is the grid study's run, reused.
+        assert len(new_finals) == (0 if now == was else 2), (label, was, now)
 
 
 @pytest.mark.slow
 def test_tuning_runs_never_saw_the_test_set(studied):
     """data.test=false: the test split is not loaded, so no test metric or test input exists
     in a tuning run; the selection reads val_error, on the last 10,000 training images."""
-    _, _, _, runs, _ = studied
-    for run in _training_runs(runs, "tune"):
+    for run in _training_runs(studied.after_first, "tune"):
         params, metrics = run.data.params, run.data.metrics
         assert params["data.test"] == "False" and params["data.val_size"] == "10000" and params["trainer.max_epochs"] == "1"
         assert "val_error" in metrics and not [m for m in metrics if m.startswith("test")]
@@ -95,8 +165,8 @@ def test_tuning_runs_never_saw_the_test_set(studied):
 
 @pytest.mark.slow
 def test_finals_train_on_the_whole_training_subset_and_are_tested(studied):
-    _, _, _, runs, _ = studied
-    finals = _training_runs(runs, "final")
+    runs = studied.after_first
+    finals = _finals_of(runs, _parent(runs, refined=True))
     assert sorted(int(r.data.params["seed"]) for r in finals) == [0, 0, 1, 1]
     for run in finals:
         assert run.info.status == "FINISHED"
@@ -108,8 +178,8 @@ def test_finals_train_on_the_whole_training_subset_and_are_tested(studied):
 
 @pytest.mark.slow
 def test_the_study_is_one_parent_holding_its_stages(studied):
-    _, _, _, runs, _ = studied
-    (parent,) = [r for r in runs if r.data.tags.get("study.parent") == "true"]
+    runs = studied.after_grid
+    parent = _parent(runs, refined=False)
     assert parent.info.status == "FINISHED" and parent.data.params["study.tune.trials"] == "2"
     stages = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["stage"] for r in stages) == ["final", "final", "tune", "tune"]
@@ -119,10 +189,38 @@ def test_the_study_is_one_parent_holding_its_stages(studied):
 
 @pytest.mark.slow
 def test_running_the_study_again_trains_nothing(studied):
-    store, _, _, before, again = studied
-    _, after = all_runs(store)
-    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)  # the same parent run too
-    assert ": tune " not in again.stdout and ": final " not in again.stdout  # no stage was launched
+    assert _new(studied.after_again, studied.after_first) == []  # not even a parent run
+    assert ": tune " not in studied.again.stdout and ": final " not in studied.again.stdout  # no stage was launched
+
+
+@pytest.mark.slow
+def test_growing_a_study_trains_only_the_new_seeds_and_its_verdicts_follow(studied):
+    """The pilot (seeds 0, 1) plans 3 seeds for every variant (min_seeds = max_seeds = 3):
+    the grown launch trains seed 2 of each variant and nothing else, and its report's verdicts
+    are those of the 3 seeds' paired differences."""
+    from analysis.stats import default_margin, verdicts
+
+    added = _new(studied.after_grown, studied.after_again)
+    trained = sorted((r.data.tags["study.variant"], r.data.params["seed"]) for r in added if "config_hash" in r.data.tags)
+    assert trained == [("paper", "2"), ("paper optim=adam", "2")]
+    assert "seeds" in studied.grown.stdout and "verdict" in studied.grown.stdout  # the plan is printed
+    pilot = pd.read_csv(studied.folder / "report" / "variants.csv").set_index("variant")
+    grown = pd.read_csv(studied.folder / "report_grown" / "variants.csv").set_index("variant")
+    assert pilot["n"].tolist() == [2, 2] and grown["n"].tolist() == [3, 3]
+    finals = [r for r in studied.after_grown if r.data.tags.get("stage") == "final" and "config_hash" in r.data.tags]
+    errors = {
+        (r.data.tags["study.variant"], int(r.data.params["seed"])): r.data.metrics["test_error"]
+        for r in finals if r.data.params["optim.lr"] == r.data.tags["tune.selected.optim.lr"]
+        and r.data.tags.get(f"study.member.{_grown_study_id(studied.after_grown)}") == "true"
+    }  # fmt: skip
+    differences = {"paper optim=adam": [errors[("paper optim=adam", s)] - errors[("paper", s)] for s in (0, 1, 2)]}
+    expected = verdicts(differences, default_margin("mnist")).loc["paper optim=adam", "verdict"]
+    assert grown.loc["paper optim=adam", "verdict"] == expected
+
+
+def _grown_study_id(runs) -> str:
+    (parent,) = [r for r in runs if r.data.tags.get("study.parent") == "true" and r.data.params.get("study.final.min_seeds") == "3"]
+    return parent.data.tags["study_id"]
 
 
 def test_the_study_id_ignores_what_changes_nothing_trained():
@@ -141,25 +239,25 @@ def test_the_study_id_ignores_what_changes_nothing_trained():
 
 @pytest.mark.slow
 def test_a_study_sharing_a_variant_reuses_its_tuning_and_finals(studied):
-    store, folder, _, before, _ = studied
+    store, folder = studied.store, studied.folder
     done = study_cli("variant=none", *run_overrides(store), *STUDY, f"study.out={folder / 'report_paper'}", cwd=folder)
     assert done.returncode == 0, done.stderr[-3000:]
     _, after = all_runs(store)
-    new = {r.info.run_id for r in after} - {r.info.run_id for r in before}
-    assert [r.data.tags.get("study.parent") for r in after if r.info.run_id in new] == ["true"]  # only its parent run
+    assert [r.data.tags.get("study.parent") for r in _new(after, studied.after_grown)] == ["true"]  # only its parent run
 
 
 @pytest.mark.slow
 def test_the_report_has_the_tuning_columns_and_plot(studied):
-    _, folder, first, _, again = studied
+    folder, again = studied.folder, studied.again
     report = folder / "report"
     study_md = (report / "study.md").read_text(encoding="utf-8")
     header = [cell.strip() for cell in study_md.splitlines()[0].strip("|").split("|")]
     assert header[:3] == ["variant", "n", "test error % (mean ± std)"]
-    assert {"selected lr", "val error %", "lr range", "edge", "tuning budget"} <= set(header)
-    assert "2 lr x 1 passes x 1 seed = 2 passes of 300 images" in study_md
-    # Two rates are both ends of the range: whichever won is flagged.
-    assert study_md.count("end: widen the range") == 2
+    assert {"selected lr", "val error %", "refinement", "lr range", "edge", "tuning budget"} <= set(header)
+    assert "3 lr x 1 passes x 1 seed = 3 passes of 300 images" in study_md
+    tuning = pd.read_csv(report / "tuning.csv")
+    moved = (tuning["selected_lr"] != tuning["grid_lr"]).sum()
+    assert study_md.count("| kept ") + study_md.count("| moved from ") == 2 and study_md.count("| moved from ") == moved
     assert "Tuned recipe" in study_md and "Tuned recipe" in (report / "variants.md").read_text(encoding="utf-8")
     assert "Finals: seeds 0, 1; passes: 1, over 300 training images" in study_md  # STUDY's finals, on the subset
     assert (report / "tuning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -176,8 +274,8 @@ def test_the_report_follows_the_studys_variant_order_not_the_order_finals_starte
     from analysis.study_report import write_study_report
     from analysis.tuning import select_rates
 
-    store, folder, _, runs, _ = studied
-    finals = sorted(_training_runs(runs, "final"), key=lambda r: r.info.start_time)
+    store, folder, runs = studied.store, studied.folder, studied.after_first
+    finals = sorted(_finals_of(runs, _parent(runs, refined=True)), key=lambda r: r.info.start_time)
     started = list(dict.fromkeys(r.data.tags["study.variant"] for r in finals))
     assert started == list(VARIANTS)  # paper's finals started first...
     study_order = started[::-1]  # ...so a study listing adam first has them out of its order
@@ -199,6 +297,50 @@ def test_a_bad_study_setting_is_refused_in_one_line(capsys):
     assert "study.tune.lr_range" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argument, named",
+    [
+        ("study.final.min_seeds=1", "study.final.min_seeds=1"),
+        ("study.final.max_seeds=12", "study.final.max_seeds=12"),  # without min_seeds
+        ("study.final.seeds=[0,0,1]", "study.final.seeds=[0, 0, 1]"),
+        ("study.tune.seeds=[-1]", "study.tune.seeds=[-1]"),
+        ("study.margin=-0.1", "study.margin=-0.1"),
+        ("study.margin=abc", "study.margin"),
+        ("study.plan=maybe", "study.plan"),
+        ("study.tune.refine=sometimes", "study.tune.refine"),
+        ("study.tune.trials=1", "study.tune.trials=1"),
+        ("study.tune.val_size=60000", "study.tune.val_size=60000"),
+        ("study.final.passes=0", "study.final.passes=0"),
+        ("study.tune.lr_range.rmsprop=[1e-4,1e-2]", "rmsprop"),
+        ("study.tune.lr_range.sdlm=[1e-2,1e-4]", "study.tune.lr_range.sdlm"),
+        ("--resume", "--resume"),
+        ("model.pool=median", "model.pool=median"),
+        ("hydra/launcher=stacked", None),  # valid alone: the next case's option is what is refused
+    ],
+)
+def test_every_bad_study_setting_is_refused_in_one_line_before_anything_runs(argument, named, capsys, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if named is None:
+        argument, named = "hydra.launcher.models_per_process=0", "models_per_process"
+        arguments = ["variant=none", "hydra/launcher=stacked", argument]
+    else:
+        arguments = ["variant=none", argument]
+    assert main([*arguments, f"tracking.uri={store}"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error:") and named in line, line
+    assert not (tmp_path / "mlflow.db").exists()  # nothing recorded
+
+
+def test_help_prints_the_studys_usage_and_no_arguments_starts_nothing(capsys):
+    assert main(["--help"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: python -m lenet5.study")
+    assert "sweep=ofat" in shown and "min_seeds: null" in shown and "trials: 7" in shown  # presets, settings, defaults
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("usage:") and captured.err.startswith("error: no variants given")
+
+
 def test_grids_are_log_spaced_over_each_optimizers_range():
     cfg = load_study_config([])
     for optim in ("sdlm", "sgd", "adam"):
@@ -214,8 +356,7 @@ def test_grids_are_log_spaced_over_each_optimizers_range():
 @pytest.mark.slow
 def test_the_committed_runs_csv_rebuilds_the_tables_without_the_store(studied, tmp_path):
     """What results/ablation/*/ commits: runs.csv alone gives back variants and factors as written."""
-    _, folder, *_ = studied
-    report = folder / "report"
+    report = studied.folder / "report"
     assert_tables_rebuild_from_runs_csv(report, tmp_path)
     assert "optim" in (tmp_path / "factors.csv").read_text(encoding="utf-8")  # the pair differing in optimizer
     assert not (tmp_path / "learning_curves.png").exists()  # needs the store

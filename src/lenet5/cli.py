@@ -19,13 +19,29 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import CONF_DIR, ConfigError
+from omegaconf import OmegaConf
+
+from .config import ABLATION_FACTORS, CONF_DIR, ConfigError, factor_choices
 from .presets import compose_config
 from .store import check_store
 from .validate import check_launcher
 
 #: Compose at most this many jobs up front; larger sweeps are checked job by job as they run.
 MAX_JOBS_CHECKED_UP_FRONT = 1024
+
+
+def factors_help() -> str:
+    """The ablation factors as `run.py --help` lists them: one line each, key and choices."""
+    # loss and optim are config groups (each brings its own settings): chosen as loss=..., optim=...
+    shown = {key: key.removesuffix(".name") for key in ABLATION_FACTORS.values()}
+    width = max(len(name) for name in shown.values())
+    return "\n".join(f"  {shown[key]:<{width}}  {', '.join(choices)}" for key, choices in factor_choices().items())
+
+
+# conf/config.yaml's hydra.help.template lists the factors through this resolver, so the help
+# cannot fall behind the schema.
+if not OmegaConf.has_resolver("lenet5_factors"):
+    OmegaConf.register_new_resolver("lenet5_factors", factors_help)
 
 
 def _one_line(text: str) -> str:

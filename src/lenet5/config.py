@@ -296,6 +296,19 @@ def _register() -> None:
 _register()
 
 
+def factor_choices() -> dict[str, list[str]]:
+    """{config key: its choices, the paper's first} for each ablation factor, read from the schema."""
+    import typing
+
+    sections = typing.get_type_hints(Config)
+    choices = {}
+    for key in ABLATION_FACTORS.values():
+        section, name = key.split(".")
+        kind = typing.get_type_hints(sections[section])[name]
+        choices[key] = [member.value for member in kind]
+    return choices
+
+
 def select(cfg: Any, dotted_key: str) -> Any:
     """Value at `dotted_key` as a plain string for enums (what users type on the command line)."""
     value = OmegaConf.select(cfg, dotted_key)
