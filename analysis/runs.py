@@ -30,7 +30,7 @@ NON_SCIENTIFIC_PARAMS = (*NON_SCIENTIFIC_KEYS, "experiment", "variant", "seed")
 FINAL_METRICS = ("test_error", "train_error", "val_error", "train_loss", "model_trainable_params")
 CURVE_METRICS = ("test_error", "train_error", "val_error", "train_loss")
 
-#: Column prefix of the tags that mark a run as reused by another sweep (lenet5.sweep.REUSED_TAG).
+#: Column prefix of the tags that mark a run as reused by another sweep (lenet5.sweep.SWEEP_REUSED_TAG).
 REUSED_TAG_PREFIX = "tags.sweep.reused_by."
 
 _SEED_SUFFIX = re.compile(r" seed=-?\d+$")

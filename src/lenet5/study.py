@@ -41,9 +41,9 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import CONF_DIR, PROJECT_DIR, ConfigError, OptimName, select
 
 STUDY_FILE = CONF_DIR / "study.yaml"
-PARENT_TAG = "study.parent"
+STUDY_PARENT_TAG = "study.parent"
 #: Set on a sweep parent (or study stage) that another study reused: `study.reused_by.<study id>`.
-REUSED_TAG = "study.reused_by."
+STUDY_REUSED_TAG = "study.reused_by."
 #: Keys the study sets itself in each stage; the command line must leave them to `study.*`.
 OWNED_KEYS = {
     "optim.lr": "it is what the study tunes; set the range with study.tune.lr_range.<optimizer>=[low,high]",
@@ -319,7 +319,7 @@ class Study:
         from .tracking import flatten_config
 
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.study_id = '{self.study_id}' and tags.`{PARENT_TAG}` = 'true'", max_results=1
+            [self.experiment_id], filter_string=f"tags.study_id = '{self.study_id}' and tags.`{STUDY_PARENT_TAG}` = 'true'", max_results=1
         )
         if found:
             self.client.update_run(found[0].info.run_id, status="RUNNING")
@@ -328,7 +328,7 @@ class Study:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"study {self.preset} {self.study_id}",
-            tags={PARENT_TAG: "true", "study_id": self.study_id, "study.command": command, "study.variants": str(len(self.variants))},
+            tags={STUDY_PARENT_TAG: "true", "study_id": self.study_id, "study.command": command, "study.variants": str(len(self.variants))},
         )
         self.client.log_batch(run.info.run_id, params=[_param(f"study.{k}", v) for k, v in flatten_config(self.cfg).items()])
         return run.info.run_id
@@ -342,7 +342,7 @@ class Study:
         parent = json.loads(sweep_file.read_text())["parent_run_id"]
         tags = self.client.get_run(parent).data.tags
         if tags.get("mlflow.parentRunId") not in (None, self.parent_run_id):
-            self.client.set_tag(parent, REUSED_TAG + self.study_id, "true")
+            self.client.set_tag(parent, STUDY_REUSED_TAG + self.study_id, "true")
             return
         self.client.set_tag(parent, "mlflow.parentRunId", self.parent_run_id)
         self.client.set_tag(parent, "mlflow.runName", f"{stage} {variant.label}")

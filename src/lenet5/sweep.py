@@ -25,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from .tracking import get_or_create_experiment, is_remote
 
 SWEEP_FILE = "mlflow_sweep.json"
-PARENT_TAG = "sweep.parent"
+SWEEP_PARENT_TAG = "sweep.parent"
 #: Tag prefix set on a FINISHED run that a later sweep reused instead of training it again,
 #: so that sweep's report counts it (`sweep.reused_by.<sweep id>` = "true").
-REUSED_TAG = "sweep.reused_by."
+SWEEP_REUSED_TAG = "sweep.reused_by."
 
 #: Set by the callback at the end of a multirun in this process: jobs that ended FAILED.
 failed_jobs: list[str] = []
@@ -47,7 +47,7 @@ def sweep_id_of(config: DictConfig) -> str:
 
 def _find_parent(client: MlflowClient, experiment_id: str, sweep_id: str):
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.sweep_id = '{sweep_id}' and tags.`{PARENT_TAG}` = 'true'", max_results=1
+        [experiment_id], filter_string=f"tags.sweep_id = '{sweep_id}' and tags.`{SWEEP_PARENT_TAG}` = 'true'", max_results=1
     )
     return runs[0] if runs else None
 
@@ -71,7 +71,7 @@ class MLflowSweepCallback(Callback):
             parent = client.create_run(
                 experiment_id,
                 run_name=f"{label} {sweep_id}",
-                tags={PARENT_TAG: "true", "sweep_id": sweep_id, "sweep.command": command},
+                tags={SWEEP_PARENT_TAG: "true", "sweep_id": sweep_id, "sweep.command": command},
             )
         else:
             client.update_run(parent.info.run_id, status="RUNNING")
@@ -126,7 +126,7 @@ def sweep_context() -> dict[str, str] | None:
 def reuse_finished(sweep: dict[str, str], run) -> None:
     """Count the FINISHED `run` as a member of `sweep` (its parent stays the sweep that trained it)."""
     if run.data.tags.get("sweep_id") != sweep["sweep_id"]:
-        MlflowClient(sweep["tracking_uri"]).set_tag(run.info.run_id, REUSED_TAG + sweep["sweep_id"], "true")
+        MlflowClient(sweep["tracking_uri"]).set_tag(run.info.run_id, SWEEP_REUSED_TAG + sweep["sweep_id"], "true")
 
 
 def find_finished(tracking_uri: str, experiment: str, config_hash: str):
