@@ -38,15 +38,14 @@ def store(tmp_path) -> str:
 
 
 def small_overrides(store: str, experiment: str = "tests", subset: int = 2000) -> list[str]:
-    """Overrides that keep a run small: a real MNIST subset, 1 epoch, 1,000 test images."""
-    artifact_root = store.removeprefix("sqlite:///").rsplit("/", 1)[0] + "/mlartifacts"
+    """Overrides that keep a run small: a real MNIST subset, 1 epoch, 1,000 test images
+    (artifacts go beside the store by default)."""
     return [
         f"data.train_subset={subset}",
         "data.test_subset=1000",
         "trainer.max_epochs=1",
         "trainer.progress_bar=false",
         f"tracking.uri={store}",
-        f"tracking.artifact_root={artifact_root}",
         f"tracking.experiment={experiment}",
     ]
 

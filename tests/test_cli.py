@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 import threading
 import time
 
@@ -18,11 +19,11 @@ from .conftest import run_cli, small_overrides
 
 @pytest.mark.slow
 def test_paper_check_command_records_the_run(tmp_path):
-    store = f"sqlite:///{tmp_path / 'x.db'}"
+    (tmp_path / "store").mkdir()
+    store = f"sqlite:///{tmp_path / 'store' / 'x.db'}"
     done = run_cli(
         "experiment=paper", "data.train_subset=2000", "trainer.max_epochs=1",
-        f"tracking.uri={store}", "tracking.experiment=check", "trainer.progress_bar=false",
-        f"tracking.artifact_root={tmp_path / 'artifacts'}", cwd=tmp_path,
+        f"tracking.uri={store}", "tracking.experiment=check", "trainer.progress_bar=false", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "test error" in done.stdout and f"mlflow ui --backend-store-uri {store}" in done.stdout
@@ -33,6 +34,9 @@ def test_paper_check_command_records_the_run(tmp_path):
     assert "test_error" in run.data.metrics
     assert run.data.tags["ablation.head"] == "rbf" and run.data.tags["ablation.pool"] == "subsample"
     assert run.data.tags["mlflow.source.name"] == "run.py"
+    # The store and its artifacts live together: copy or delete the folder, and both go.
+    assert run.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
+    assert any((tmp_path / "store" / "mlartifacts").rglob("config.yaml"))
 
 
 BAD_INPUTS = [
@@ -252,3 +256,12 @@ def test_help_is_the_suites_own_page(tmp_path):
     assert "experiment: modern, paper" in done.stdout and "sweep: factorial, ofat, path" in done.stdout
     assert "tracking.uri" in done.stdout and "lenet5.study" in done.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_stores_artifacts_live_beside_it(tmp_path):
+    from lenet5.store import artifact_location
+
+    assert artifact_location(f"sqlite:///{tmp_path}/x.db", None) == str(tmp_path / "mlartifacts")
+    assert artifact_location("sqlite:///rel/x.db", None) == str((Path.cwd() / "rel" / "mlartifacts").resolve())
+    assert artifact_location(f"sqlite:///{tmp_path}/x.db", "/elsewhere") == "/elsewhere"  # as asked
+    assert artifact_location("http://127.0.0.1:5000", "/elsewhere") is None  # a server decides

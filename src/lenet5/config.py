@@ -216,8 +216,9 @@ class TrainerConfig:
 class TrackingConfig:
     #: Any MLflow tracking URI: the local SQLite store by default, or http://host:5000.
     uri: str = "sqlite:///${project_dir:}/mlflow.db"
-    #: Where a new experiment in a local store keeps its artifacts (ignored for a server).
-    artifact_root: str = "${project_dir:}/mlartifacts"
+    #: Where a new experiment in a local store keeps its artifacts (ignored for a server);
+    #: null: `mlartifacts/` beside the SQLite file (store.artifact_location).
+    artifact_root: Optional[str] = None
     experiment: str = "lenet5"
     #: Number of misclassified test digits drawn in the artifact grid.
     misclassified_shown: int = 64

@@ -62,6 +62,19 @@ def sqlite_path(uri: str) -> Path | None:
     return None if path_text in ("", ":memory:") else Path(path_text).expanduser()
 
 
+def artifact_location(uri: str, artifact_root: str | None) -> str | None:
+    """Where a new experiment of store `uri` keeps its artifacts: `artifact_root` when set;
+    else beside a SQLite store's file (`<its folder>/mlartifacts`), so that a store copied or
+    deleted as a folder takes its artifacts with it; else (a server, a file store) None, which
+    leaves it to MLflow."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    if artifact_root:
+        return artifact_root
+    path = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    return str(path.resolve().parent / "mlartifacts") if path is not None else None
+
+
 def _check_sqlite_store(uri: str, experiment: str) -> None:
     """The file is absent (MLflow creates it) in a writable folder, or an MLflow SQLite store
     where `experiment`, if present, is not deleted."""

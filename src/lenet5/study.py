@@ -296,15 +296,15 @@ class Study:
         from mlflow.tracking import MlflowClient
 
         from .presets import compose_config
-        from .tracking import get_or_create_experiment, is_remote
+        from .store import artifact_location
+        from .tracking import get_or_create_experiment
 
         self.cfg, self.variants, self.run_args, self.preset = cfg, variants, run_args, preset
         first = compose_config(variants[0].overrides)
         self.uri, self.experiment = str(first.tracking.uri), str(first.tracking.experiment)
         self.dataset = str(first.data.dataset)
         self.client = MlflowClient(self.uri)
-        artifact_root = None if is_remote(self.uri) else str(first.tracking.artifact_root)
-        self.experiment_id = get_or_create_experiment(self.client, self.experiment, artifact_root)
+        self.experiment_id = get_or_create_experiment(self.client, self.experiment, artifact_location(self.uri, first.tracking.artifact_root))
         self.study_id = study_id_of(cfg, variants, run_args)
         base = next((a.split("=", 1)[1] for a in hydra_args if _key(a) == "hydra.sweep.dir"), None)
         self.dir = Path(base) if base else Path("multirun") / f"study_{self.study_id}"

@@ -22,7 +22,8 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from .tracking import get_or_create_experiment, is_remote
+from .store import artifact_location
+from .tracking import get_or_create_experiment
 
 SWEEP_FILE = "mlflow_sweep.json"
 SWEEP_PARENT_TAG = "sweep.parent"
@@ -59,9 +60,7 @@ class MLflowSweepCallback(Callback):
         failed_jobs.clear()
         uri = str(config.tracking.uri)
         client = MlflowClient(uri)
-        experiment_id = get_or_create_experiment(
-            client, str(config.tracking.experiment), None if is_remote(uri) else str(config.tracking.artifact_root)
-        )
+        experiment_id = get_or_create_experiment(client, str(config.tracking.experiment), artifact_location(uri, config.tracking.artifact_root))
         sweep_id = sweep_id_of(config)
         preset = OmegaConf.select(config, "hydra.runtime.choices.sweep", default=None)
         command = " ".join(["python run.py -m", *config.hydra.overrides.task])

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from .config import KEYS_ADDED_LATER, factor_values, is_scientific_key
 from .provenance import source_tags
+from .store import artifact_location
 
 #: Short names used in run names, e.g. "paper pool=max act=relu seed=1".
 FACTOR_SHORT_NAMES = {"activation": "act", "activation_at": "act_at", "preprocess": "input"}
@@ -79,10 +80,6 @@ def run_tags(cfg: Any) -> dict[str, str]:
     tags["config_hash"] = config_hash(cfg)
     tags["variant_hash"] = config_hash(cfg, include_seed=False)
     return tags
-
-
-def is_remote(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "databricks"))
 
 
 #: MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds
@@ -239,8 +236,7 @@ def open_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, clai
 
     uri = cfg.tracking.uri
     client = MlflowClient(tracking_uri=uri)
-    artifact_root = None if is_remote(uri) else cfg.tracking.artifact_root
-    experiment_id = get_or_create_experiment(client, cfg.tracking.experiment, artifact_root)
+    experiment_id = get_or_create_experiment(client, cfg.tracking.experiment, artifact_location(uri, cfg.tracking.artifact_root))
     job_hash = config_hash(cfg)
     resume = cfg.tracking.resume if resume is None else resume
     resumed = claim_run(client, claim, experiment_id, job_hash, resume) if claim is not None else None
