@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
