@@ -138,7 +138,7 @@ def _write_tables(
 #: tag a fair study puts on its finals, lenet5.study).
 RECIPE_NOTES = {
     "fixed": "Fixed recipe: every variant trained with its preset's optimizer settings, none tuned for it, "
-    "so the table also measures how well that recipe suits each variant (README: Fair studies).",
+    "so the table also measures how well that recipe suits each variant (docs/studies.md).",
     "tuned": "Tuned recipe: each variant's learning rate selected on the validation error of held-out "
     "training images, never on test (tuning.md), then trained on all training images over seeds.",
     "mixed": "Mixed recipes: some runs are a fair study's finals (learning rate tuned per variant), "

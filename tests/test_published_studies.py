@@ -1,4 +1,4 @@
-"""The studies committed under results/ablation/ (README: Fair studies): each folder's runs.csv,
+"""The studies committed under results/ablation/ (docs/studies.md): each folder's runs.csv,
 the tidy frame of its final runs, gives back its variant and factor tables byte for byte, without
 the MLflow store that trained them (which is not committed)."""
 

@@ -118,7 +118,7 @@ class StackedTraining:
             if self.is_sdlm:
                 # Compiled too: in eager mode this pass costs more than the gradient (it runs the
                 # network forward, then the squared surrogate forward and back), and compiling
-                # both makes an SDLM stack 1.8x as fast on a CPU (README, "Fair studies").
+                # both makes an SDLM stack 1.8x as fast on a CPU (docs/performance.md).
                 self.batch_curvature = CompiledOrEager(self.batch_curvature, mode)
         self.optimizer = StackedOptimizer(self.params, [c.optim for c in cfgs], self.batch_size)
         self.completed = 0  # passes done by every model; `load_member_state` may move it on
