@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test report ui clean-venv
+.PHONY: run test test-fast report ui clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 ## Run the test suite (CI sets MNIST_ROOT=../shared/data)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The fast tier for day-to-day work: every test not marked slow (no training subprocesses)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ## Summarise an experiment's runs into tables and plots (make report ARGS="--experiment NAME")
 report: $(STAMP)
