@@ -156,11 +156,12 @@ def test_the_report_has_the_tuning_columns_and_plot(studied):
     study_md = (report / "study.md").read_text(encoding="utf-8")
     header = [cell.strip() for cell in study_md.splitlines()[0].strip("|").split("|")]
     assert header[:3] == ["variant", "n", "test error % (mean ± std)"]
-    assert {"selected lr", "val error %", "lr range", "edge", "tuning budget"} <= set(header)
+    assert {"selected lr", "val error %", "lr range", "edge", "tuning budget", "p TOST (Holm)", "verdict", "seeds needed"} <= set(header)
     assert "2 lr x 1 passes x 1 seed = 2 passes of 300 images" in study_md
     # Two rates are both ends of the range: whichever won is flagged.
     assert study_md.count("end: widen the range") == 2
     assert "Tuned recipe" in study_md and "Tuned recipe" in (report / "variants.md").read_text(encoding="utf-8")
+    assert "\n\nVerdicts at margin ±0.1 pp, Holm-adjusted α = 0.05: 1 " in study_md  # one comparison, judged
     assert "Finals: seeds 0, 1; passes: 1, over 300 training images" in study_md  # STUDY's finals, on the subset
     assert (report / "tuning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"variants.md", "factors.md", "tuning.md", "tuning.csv", "tuning_trials.csv"} <= {p.name for p in report.iterdir()}
