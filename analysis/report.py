@@ -2,10 +2,13 @@
 
     python -m analysis.report --experiment ofat [--sweep ID] [--baseline experiment=paper]
                               [--tracking-uri URI] [--out results/]
-    python -m analysis.report --runs-csv results/ablation/mnist-ofat/runs.csv --out /tmp/check
+    python -m analysis.report --runs-csv results/ablation/mnist-ofat/runs.csv --out /tmp/check [--margin 0.1]
 
 writes variants.{md,tex,csv,html}, factors.{md,tex,csv,html}, runs.csv, variants.png,
-factors.png and learning_curves.png, then prints the Markdown variant table. With --runs-csv
+factors.png and learning_curves.png, then prints the Markdown variant table with its line of
+verdicts (worse, better, equivalent within ±margin points of test error, or undecided with the
+seeds that would decide it: `analysis.stats.verdicts`; the margin defaults to the dataset's,
+`analysis.stats.MARGINS`). With --runs-csv
 the tables are rebuilt from a committed runs.csv, without the store (learning curves left out). The CSV files
 hold the unrounded numbers; the other tables are rounded for reading. A report that cannot be
 made prints one `error: ...` line on stderr and exits with code 2.
@@ -23,15 +26,15 @@ from pandas.io.formats.style import Styler
 
 from . import plots
 from .runs import DEFAULT_TRACKING_URI, ReportError, load_curves, load_runs, read_runs_csv
-from .stats import CONFIDENCE, factor_table, variant_table
+from .stats import CONFIDENCE, default_margin, factor_table, variant_table, verdict_summary
 
 BEST_MARK = "★"
 #: Unicode used in the tables, as LaTeX commands (after LaTeX-escaping the text around them).
-LATEX_SYMBOLS = str.maketrans({"±": r"$\pm$", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "★": r"$\star$"})
+LATEX_SYMBOLS = str.maketrans({"±": r"$\pm$", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "★": r"$\star$", "∞": r"$\infty$", "α": r"$\alpha$"})
 LATEX_SPECIALS = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"})
 CI_HEADER = f"{CONFIDENCE:.0%} CI"
 #: Text columns holding numbers, right-aligned in Markdown.
-NUMERIC_TEXT = {"test error % (mean ± std)", CI_HEADER, "Δ vs baseline (pp)", "p (Holm)", "effect (pp)"}
+NUMERIC_TEXT = {"test error % (mean ± std)", CI_HEADER, "Δ vs baseline (pp)", "p (Holm)", "p TOST (Holm)", "seeds needed", "effect (pp)"}
 HTML_TABLE_CSS = [
     {"selector": "", "props": "border-collapse: collapse; font-family: sans-serif; font-size: 0.9em;"},
     {"selector": "th, td", "props": "padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right;"},
@@ -53,9 +56,25 @@ def _p_value(p: float) -> str:
     return "" if math.isnan(p) else f"{p:#.3g}"
 
 
+def _seeds(needed: float) -> str:
+    """Seeds an undecided comparison needs: blank when decided (NaN), ∞ when no number would do."""
+    return "" if math.isnan(needed) else "∞" if math.isinf(needed) else f"{needed:.0f}"
+
+
+def _verdict_columns(table: pd.DataFrame) -> dict[str, list[str]]:
+    """The verdict columns of a variant or factor table as text."""
+    return {
+        "p (Holm)": [_p_value(p) for p in table["p_holm"]],
+        "p TOST (Holm)": [_p_value(p) for p in table["p_tost_holm"]],
+        "verdict": list(table["verdict"]),
+        "seeds needed": [_seeds(n) for n in table["seeds_needed"]],
+    }
+
+
 def variants_display(table: pd.DataFrame) -> pd.DataFrame:
     """`variant_table` as text for a paper: errors in % with 2 decimals, p-values with 3
-    significant digits, the best variant marked ★, the baseline's Δ cell saying so."""
+    significant digits, the best variant marked ★, the baseline's Δ cell saying so, each
+    variant's verdict against the baseline and, undecided, the seeds that would decide it."""
     has_baseline = table["baseline"].any()
     delta = [
         "baseline" if is_baseline else _number(diff, signed=True) if has_baseline else ""
@@ -70,13 +89,14 @@ def variants_display(table: pd.DataFrame) -> pd.DataFrame:
             ],
             CI_HEADER: [_interval(low, high) for low, high in zip(table["ci_low"], table["ci_high"])],
             "Δ vs baseline (pp)": delta,
-            "p (Holm)": [_p_value(p) for p in table["p_holm"]],
+            **_verdict_columns(table),
         }
     )
 
 
 def factors_display(table: pd.DataFrame) -> pd.DataFrame:
-    """`factor_table` as text: effects and intervals in signed percentage points, 2 decimals."""
+    """`factor_table` as text: effects and intervals in signed percentage points, 2 decimals,
+    and each change's verdict."""
     return pd.DataFrame(
         {
             "factor": table["factor"],
@@ -85,6 +105,7 @@ def factors_display(table: pd.DataFrame) -> pd.DataFrame:
             CI_HEADER: [_interval(low, high, signed=True) for low, high in zip(table["ci_low"], table["ci_high"])],
             "variant pairs": table["n_pairs"],
             "paired seeds": table["n"],
+            **_verdict_columns(table),
             "flag": table["flag"],
         }
     )
@@ -113,10 +134,11 @@ def _markdown(display: pd.DataFrame) -> str:
 def _write_tables(
     display: pd.DataFrame, numbers: pd.DataFrame, highlighted: pd.Series | None, caption: str, stem: Path, note: str = ""
 ) -> dict[str, Path]:
-    """stem.md and stem.tex and stem.html from the text table `display` (`note` below the
-    Markdown table), stem.csv from the unrounded `numbers`; returns {file name: path}."""
+    """stem.md and stem.tex and stem.html from the text table `display` (`note`, its paragraphs
+    one a line, below the Markdown table), stem.csv from the unrounded `numbers`; returns {file name: path}."""
     paths = {suffix: stem.with_suffix(f".{suffix}") for suffix in ("md", "tex", "csv", "html")}
-    paths["md"].write_text(_markdown(display) + "\n" + (f"\n{note}\n" if note else ""), encoding="utf-8")
+    paragraphs = "".join(f"\n{line}\n" for line in note.splitlines())
+    paths["md"].write_text(_markdown(display) + "\n" + paragraphs, encoding="utf-8")
     numbers.to_csv(paths["csv"], index=False)
     latex = (
         _styled(display, highlighted, "font-weight: bold;")
@@ -158,13 +180,15 @@ def write_report(
     out_dir: str | Path,
     sweep_id: str | None = None,
     baseline: str | None = None,
+    margin: float | None = None,
 ) -> dict[str, Path]:
     """Write every table and figure of `experiment` (its sweep `sweep_id` only, when given)
     into `out_dir` (created if needed); returns {file name: path}. `baseline`: a variant label
-    or key=value filters (see `analysis.stats.select_baseline`). Raises ReportError."""
+    or key=value filters (see `analysis.stats.select_baseline`); `margin`: the equivalence
+    margin of the verdicts, points of test error (None: the dataset's). Raises ReportError."""
     runs = load_runs(tracking_uri, experiment, sweep_id)
     scope = f"experiment '{experiment}'" + (f", sweep {sweep_id}" if sweep_id else "")
-    return write_tables(runs, tracking_uri, out_dir, scope, baseline)
+    return write_tables(runs, tracking_uri, out_dir, scope, baseline, margin=margin)
 
 
 #: The params a fair study selects per variant (lenet5.study): never a difference between
@@ -179,26 +203,34 @@ def write_tables(
     scope: str,
     baseline: str | None = None,
     tuned: tuple[str, ...] | None = None,
+    margin: float | None = None,
 ) -> dict[str, Path]:
     """`write_report` for the runs of `load_runs`' frame `runs` (`scope` names them in the
     captions); `tuned`: params selected per variant, no difference in the factor table (default:
-    `TUNED_PARAMS` when every run is a study's final). `tracking_uri` None (runs read back from a
-    runs.csv) leaves out learning_curves.png, the one file that needs the per-epoch metrics."""
+    `TUNED_PARAMS` when every run is a study's final); `margin`: see `write_report`. The Markdown
+    tables and the captions state the margin and count the verdicts (`verdict_summary`).
+    `tracking_uri` None (runs read back from a runs.csv) leaves out learning_curves.png, the one
+    file that needs the per-epoch metrics."""
     if runs["test_error"].isna().all():
         raise ReportError(f"no run of {scope} has a test error (a study's tuning runs evaluate validation only)")
     recipe = recipe_of(runs)
     if tuned is None:
         tuned = TUNED_PARAMS if recipe == "tuned" else ()
-    variants, factors = variant_table(runs, baseline), factor_table(runs, tuned)
+    margin = default_margin(runs) if margin is None else margin
+    variants, factors = variant_table(runs, baseline, margin), factor_table(runs, tuned, margin)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     note = RECIPE_NOTES[recipe]
+    summary = verdict_summary(variants, margin)
     files = _write_tables(
-        variants_display(variants), variants, variants["best"], f"Final test error per variant, {scope}. {note}", out / "variants", note
-    )
+        variants_display(variants), variants, variants["best"], f"Final test error per variant, {scope}. {summary} {note}",
+        out / "variants", f"{summary}\n{note}",
+    )  # fmt: skip
+    summary = verdict_summary(factors, margin)
     files |= _write_tables(
-        factors_display(factors), factors, None, f"Effect of each factor on test error, {scope}. {note}", out / "factors", note
-    )
+        factors_display(factors), factors, None, f"Effect of each factor on test error, {scope}. {summary} {note}",
+        out / "factors", f"{summary}\n{note}",
+    )  # fmt: skip
     runs.to_csv(out / "runs.csv", index=False)
     files["runs.csv"] = out / "runs.csv"
     figures = {"variants.png": lambda: plots.variants_figure(variants), "factors.png": lambda: plots.factors_figure(factors)}
@@ -210,12 +242,14 @@ def write_tables(
     return files
 
 
-def rebuild_from_runs_csv(runs_csv: str | Path, out_dir: str | Path, scope: str | None = None, baseline: str | None = None) -> dict[str, Path]:
+def rebuild_from_runs_csv(
+    runs_csv: str | Path, out_dir: str | Path, scope: str | None = None, baseline: str | None = None, margin: float | None = None
+) -> dict[str, Path]:
     """The tables and figures of a committed report from its runs.csv alone, no MLflow store:
-    variants.* and factors.* come out as the report wrote them (given its `scope` and
-    `baseline`); learning_curves.png needs the store and is not made."""
+    variants.* and factors.* come out as the report wrote them (given its `scope`, `baseline`
+    and `margin`); learning_curves.png needs the store and is not made."""
     runs = read_runs_csv(runs_csv)
-    return write_tables(runs, None, out_dir, scope or Path(runs_csv).parent.name, baseline)
+    return write_tables(runs, None, out_dir, scope or Path(runs_csv).parent.name, baseline, margin=margin)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -226,18 +260,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scope", help="with --runs-csv: what the captions call the runs (default: the folder's name)")
     parser.add_argument("--sweep", metavar="ID", help="only the runs of this sweep (its sweep_id tag)")
     parser.add_argument("--baseline", help="variant label, or key=value filters such as experiment=paper (default: the variant 'paper', if any)")
+    parser.add_argument(
+        "--margin", type=_margin, metavar="PP",
+        help="equivalence margin of the verdicts, in percentage points of test error (default: the dataset's, 0.1 on MNIST)",
+    )  # fmt: skip
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
     return parser.parse_args(argv)
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"a margin is a positive number of points, not {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.runs_csv is not None:
-            files = rebuild_from_runs_csv(args.runs_csv, args.out, args.scope, args.baseline)
+            files = rebuild_from_runs_csv(args.runs_csv, args.out, args.scope, args.baseline, args.margin)
         else:
-            files = write_report(args.tracking_uri, args.experiment, args.out, sweep_id=args.sweep, baseline=args.baseline)
+            files = write_report(
+                args.tracking_uri, args.experiment, args.out, sweep_id=args.sweep, baseline=args.baseline, margin=args.margin
+            )
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Results tables from `load_runs`' frame: per-variant test error and per-factor effects.
+"""Results tables from `load_runs`' frame: per-variant test error and per-factor effects,
+each comparison with its verdict (`verdicts`).
 
 Seeds are the unit of replication. Several finished runs of one variant and seed (a re-run)
 count once, as their mean, so that n is the number of seeds and pairing by seed is defined.
@@ -10,13 +11,19 @@ import itertools
 import math
 import re
 import typing
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import DescrStatsW
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from lenet5.config import ABLATION_FACTORS, Config
+from lenet5.config import ABLATION_FACTORS, Config, Dataset
 
 from .runs import FACTORS, ReportError, scientific_params
 
@@ -26,28 +33,200 @@ PRESET_AS_IS = "none"
 #: The variant used as baseline when none is named: the paper preset with no delta.
 DEFAULT_BASELINE = "paper"
 
+#: Family-wise error rate of every verdict, and the power the seeds a comparison needs are planned for.
+ALPHA = 0.05
+POWER = 0.8
+#: The equivalence margin δ by dataset (`data.dataset`), in percentage points of test error: two
+#: variants closer than ±δ are "the same" for this suite. MNIST: 0.1 points, 10 of the 10,000 test
+#: images, about 1.6 times the spread of a paired difference across seeds (0.062 points, pooled
+#: over mnist-ofat's seven comparisons). Fashion-MNIST's seeds spread about four times as much
+#: (paired differences 0.27 points pooled over fashion-ofat's seven, one variant's seeds 0.26
+#: against MNIST's 0.07), so 0.1 scaled by that spread is 0.35 to 0.44; 0.4 (40 test images, 4%
+#: of its 10% error) keeps δ about 1.5 paired standard deviations as on MNIST. A smaller δ would
+#: ask for more seeds than the noise can pay for, a larger one would call 0.5-point effects
+#: "equivalent" on a dataset where the optimizer alone moves the error by a point.
+MARGINS: dict[str, float] = {Dataset.mnist.value: 0.1, Dataset.fashion_mnist.value: 0.4}
+#: More seeds than this is no plan: `seeds_needed` says no n decides the comparison (inf).
+SEEDS_CAP = 1000
+#: Verdict of a comparison (`verdicts`); the baseline's own row has none ("").
+WORSE, BETTER, EQUIVALENT, UNDECIDED = "worse", "better", "equivalent", "undecided"
+VERDICT_COLUMNS = ["n", "diff", "sd", "p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed"]
+_VERDICT_FIELDS = ["p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed"]
+
 VARIANT_COLUMNS = [
-    "variant", "n", "mean", "std", "ci_low", "ci_high", "diff", "n_paired", "p", "p_holm", "best", "baseline",
+    "variant", "n", "mean", "std", "ci_low", "ci_high", "diff", "n_paired", *_VERDICT_FIELDS, "best", "baseline", "margin",
 ]
-FACTOR_COLUMNS = ["factor", "change", "effect", "ci_low", "ci_high", "n_pairs", "n", "flag"]
+FACTOR_COLUMNS = ["factor", "change", "effect", "ci_low", "ci_high", "n_pairs", "n", *_VERDICT_FIELDS, "flag", "margin"]
 
 
 def holm(p_values: typing.Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjustment of m p-values (NaN entries are left out of m and stay NaN).
-
-    The i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j)),
-    which controls the family-wise error rate at the nominal level.
-    """
+    """Holm's step-down adjustment of m p-values (statsmodels' `multipletests`, method "holm"),
+    which controls the family-wise error rate; NaN entries are left out of m and stay NaN."""
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full_like(p, np.nan)
-    tested = np.flatnonzero(~np.isnan(p))
-    order = tested[np.argsort(p[tested], kind="stable")]
-    m = len(order)
-    running_max = 0.0
-    for rank, index in enumerate(order):
-        running_max = max(running_max, min(1.0, (m - rank) * p[index]))
-        adjusted[index] = running_max
+    tested = ~np.isnan(p)
+    if tested.any():
+        adjusted[tested] = multipletests(p[tested], method="holm")[1]
     return adjusted
+
+
+def default_margin(runs: pd.DataFrame) -> float:
+    """The margin (points of test error) for `load_runs`' frame `runs`: `MARGINS` of its
+    dataset; of several datasets, the smallest (the strictest equivalence)."""
+    datasets = set(runs["dataset"].dropna()) if "dataset" in runs else set()
+    unknown = datasets - set(MARGINS)
+    if unknown:
+        raise ReportError(f"no default equivalence margin for dataset {', '.join(sorted(unknown))}: give one (--margin)")
+    return min(MARGINS[d] for d in datasets) if datasets else MARGINS[Dataset.mnist.value]
+
+
+def _paired_p_values(differences: np.ndarray, margin: float) -> tuple[float, float]:
+    """(two-sided t-test of mean 0, TOST of |mean| < margin) on n >= 2 paired differences."""
+    statistics = DescrStatsW(differences)
+    if statistics.std == 0:  # no spread: the t statistics are infinite or 0/0
+        mean = statistics.mean
+        return (1.0 if mean == 0 else 0.0), (0.0 if abs(mean) < margin else 1.0)
+    return float(statistics.ttest_mean(0.0)[1]), float(statistics.ttost_mean(-margin, margin)[0])
+
+
+def _n_for_power(effect: float, alpha: float, power: float, alternative: str, at_least: int) -> float:
+    """Smallest whole n >= `at_least` at which a one-sample t-test (`TTestPower`) of `effect`
+    reaches `power` at level `alpha`: `TTestPower.solve_power`'s n rounded up; inf beyond
+    `SEEDS_CAP`. statsmodels' root finder now and then fails or stops off the root (large
+    effects, small n), so its answer is checked, and searched for with `TTestPower.power` when wrong."""
+    analysis = TTestPower()
+
+    def enough(n: float) -> bool:
+        achieved = analysis.power(effect_size=effect, nobs=n, alpha=alpha, alternative=alternative)
+        if np.isnan(achieved) and alternative == "two-sided":
+            # scipy's noncentral t gives NaN for the far tail opposite a large effect, a term
+            # of about 0: the near tail alone (the one-sided power at alpha / 2) is the power.
+            achieved = analysis.power(effect_size=effect, nobs=n, alpha=alpha / 2, alternative="larger")
+        return achieved >= power
+
+    if math.isinf(effect) or enough(at_least):
+        return float(at_least)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        solved = analysis.solve_power(effect_size=effect, nobs=None, alpha=alpha, power=power, alternative=alternative)
+    if np.isfinite(solved) and solved > at_least:
+        n = math.ceil(solved)
+        if n > SEEDS_CAP or (enough(n) and not enough(n - 1)):
+            return float(n)
+    # Not enough at `low`: double `high` until enough (power < 0.8 at low keeps the
+    # noncentrality far below where scipy's tails turn NaN), then halve the gap.
+    low, high = at_least, 2 * at_least
+    while not enough(high):
+        if high > SEEDS_CAP:
+            return math.inf
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return float(high)
+
+
+def seeds_needed(
+    diff: float, sd: float, margin: float, n: int, alpha: float = ALPHA, power: float = POWER, family: int = 1
+) -> float:
+    """Seeds (paired differences) that would decide one comparison, planned from what `n` seeds
+    showed: mean paired difference `diff` and its sample standard deviation `sd` (points of
+    test error, like `margin`), at level alpha / family (Bonferroni over the `family` of
+    comparisons: a conservative plan for the Holm-adjusted tests) with power `power`.
+
+    Two plans: show the difference (effect |diff| / sd, two-sided test), or show equivalence
+    within ±margin (effect (margin - |diff|) / sd, one-sided: the usual approximation of TOST's
+    power by its test against the nearer margin; impossible when |diff| >= margin). The answer
+    is the smaller achievable n, rounded up and at least n + 1; inf when neither is achievable
+    within `SEEDS_CAP` seeds (the observed difference sits at the margin, or there is none to
+    show and no room under the margin); NaN without a spread to plan from (n < 2 or sd NaN).
+    """
+    if n < 2 or not sd >= 0 or math.isnan(diff):
+        return math.nan
+    level = alpha / max(family, 1)
+    with np.errstate(divide="ignore"):
+        plans = []
+        if diff != 0:
+            plans.append(_n_for_power(abs(diff) / np.float64(sd), level, power, "two-sided", n + 1))
+        if abs(diff) < margin:
+            plans.append(_n_for_power((margin - abs(diff)) / np.float64(sd), level, power, "larger", n + 1))
+    needed = min(plans, default=math.inf)
+    return math.inf if needed > SEEDS_CAP else needed
+
+
+def verdicts(
+    differences: Mapping[str, typing.Sequence[float] | np.ndarray | pd.Series],
+    margin: float,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> pd.DataFrame:
+    """The verdict of each comparison against its reference, from its paired differences.
+
+    `differences`: {comparison label: its per-seed paired differences, variant - reference, in
+    percentage points of test error (positive: the variant errs more); 1-D, NaN dropped}.
+    `margin`: the equivalence margin δ, in points of test error. The comparisons are one
+    family: Holm adjusts the t-tests' p-values over the family, and separately the TOSTs'.
+
+    Returns one row per comparison (index: its label, in the given order), columns:
+    n (differences), diff (their mean, points), sd (their sample standard deviation, points),
+    p (two-sided one-sample t-test of mean 0, i.e. the paired t-test), p_holm, p_tost (two
+    one-sided tests of -δ < mean < +δ), p_tost_holm, verdict and seeds_needed:
+
+    - "worse" / "better": p_holm < alpha, diff > 0 / < 0 (a difference shown, even one inside ±δ);
+    - "equivalent": otherwise, p_tost_holm < alpha;
+    - "undecided": neither, or fewer than 2 differences (no test: p NaN).
+
+    seeds_needed: for an undecided comparison, `seeds_needed` planned from its diff and sd at
+    alpha / m (m: the comparisons with a test), power `power`; inf when no number of seeds
+    would decide it; NaN when decided, or with fewer than 2 differences to plan from.
+    All computed with statsmodels (`DescrStatsW`, `multipletests`, `TTestPower`).
+    """
+    rows = {}
+    for label, values in differences.items():
+        d = np.asarray(values, dtype=float).ravel()
+        d = d[~np.isnan(d)]
+        n = len(d)
+        p, p_tost = _paired_p_values(d, margin) if n >= 2 else (math.nan, math.nan)
+        rows[label] = {
+            "n": n, "diff": d.mean() if n else math.nan, "sd": d.std(ddof=1) if n >= 2 else math.nan, "p": p, "p_tost": p_tost,
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "diff", "sd", "p", "p_tost"])
+    table["n"] = table["n"].astype(int)
+    table["p_holm"] = holm(table["p"])
+    table["p_tost_holm"] = holm(table["p_tost"])
+    table["verdict"] = [
+        (WORSE if diff > 0 else BETTER) if p < alpha else EQUIVALENT if p_tost < alpha else UNDECIDED
+        for diff, p, p_tost in zip(table["diff"], table["p_holm"], table["p_tost_holm"])
+    ]
+    family = int(table["p"].notna().sum())
+    table["seeds_needed"] = [
+        seeds_needed(row.diff, row.sd, margin, row.n, alpha, power, family) if row.verdict == UNDECIDED else math.nan
+        for row in table.itertuples()
+    ]
+    return table[VERDICT_COLUMNS]
+
+
+def verdict_summary(table: pd.DataFrame, margin: float, alpha: float = ALPHA) -> str:
+    """One line counting the verdicts of a table with `verdict` and `seeds_needed` columns
+    (`verdicts`, `variant_table`, `factor_table`; rows without a verdict, a baseline, left out),
+    e.g. "Verdicts at margin ±0.1 pp, Holm-adjusted α = 0.05: 3 worse, 2 equivalent,
+    2 undecided (need 12 and 13 seeds)."."""
+    judged = table[table["verdict"] != ""]
+    counts = judged["verdict"].value_counts()
+    parts = [f"{counts[v]} {v}" for v in (WORSE, BETTER, EQUIVALENT, UNDECIDED) if counts.get(v, 0)]
+    if counts.get(UNDECIDED, 0):
+        needed = judged.loc[judged["verdict"] == UNDECIDED, "seeds_needed"]
+        finite = sorted(int(s) for s in needed if np.isfinite(s))
+        details = []
+        if finite:
+            listed = ", ".join(map(str, finite[:-1])) + " and " if len(finite) > 1 else ""
+            details.append(f"need {listed}{finite[-1]} seeds")
+        if (never := int(np.isinf(needed).sum())):
+            details.append(f"no number of seeds decides {never}: {'its' if never == 1 else 'their'} difference sits at the margin")
+        if (untested := int(needed.isna().sum())):
+            details.append(f"{untested} with under 2 paired seeds")
+        parts[-1] += f" ({'; '.join(details)})"
+    return f"Verdicts at margin ±{margin:g} pp, Holm-adjusted α = {alpha:g}: {', '.join(parts) or 'no comparisons'}."
 
 
 def t_interval(values: typing.Sequence[float]) -> tuple[float, float]:
@@ -116,14 +295,17 @@ def _parse_filters(baseline: str, variants: list[str]) -> dict[str, str]:
     return filters
 
 
-def variant_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+def variant_table(runs: pd.DataFrame, baseline: str | None = None, margin: float | None = None) -> pd.DataFrame:
     """One row per variant, seeds pooled; test errors in %, differences in percentage points.
 
     Columns: variant, n (seeds), mean, std (sample, NaN for n=1), ci_low/ci_high (95%
     Student-t interval of the mean, NaN for n=1), diff (mean - baseline mean), n_paired
-    (seeds shared with the baseline, 0 on its own row), p (paired t-test on those seeds, NaN below 2 pairs),
-    p_holm (Holm-adjusted across the tested variants), best (lowest mean), baseline.
+    (seeds shared with the baseline, 0 on its own row), then the verdict against the baseline
+    from the paired differences on those seeds (`verdicts`, the tested variants one family):
+    p (paired t-test, NaN below 2 pairs), p_holm, p_tost, p_tost_holm, verdict ("" on the
+    baseline's row), seeds_needed; best (lowest mean), baseline, margin (δ, points).
     `baseline`: see `select_baseline`; the baseline columns stay NaN when there is none.
+    `margin`: the equivalence margin in points of test error (None: `default_margin`).
     Rows: the baseline first, then variants in the order they were first run.
     """
     errors = seed_errors(runs)
@@ -132,27 +314,30 @@ def variant_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFra
     if chosen is not None:
         order.remove(chosen)
         order.insert(0, chosen)
-    rows = []
+    rows, paired = [], {}
     for variant in order:
         values = errors.loc[variant].dropna()
         ci_low, ci_high = t_interval(values)
         row = {
             "variant": variant, "n": len(values), "mean": values.mean(),
             "std": values.std(ddof=1) if len(values) > 1 else math.nan,
-            "ci_low": ci_low, "ci_high": ci_high, "diff": math.nan, "n_paired": 0, "p": math.nan,
+            "ci_low": ci_low, "ci_high": ci_high, "diff": math.nan, "n_paired": 0,
         }
         if chosen is not None:
             row["diff"] = row["mean"] - errors.loc[chosen].mean()
         if chosen is not None and variant != chosen:
-            paired = errors.loc[[variant, chosen]].T.dropna()
-            row["n_paired"] = len(paired)
-            if len(paired) >= 2:
-                row["p"] = stats.ttest_rel(paired[variant], paired[chosen]).pvalue
+            paired[variant] = _seed_differences(errors, chosen, variant)
+            row["n_paired"] = len(paired[variant])
         rows.append(row)
     table = pd.DataFrame(rows)
-    table["p_holm"] = holm(table["p"])
+    margin = default_margin(runs) if margin is None else margin
+    judged = verdicts(paired, margin).reindex(table["variant"])
+    for column in _VERDICT_FIELDS:
+        table[column] = judged[column].to_numpy()
+    table["verdict"] = table["verdict"].fillna("")
     table["best"] = table["mean"] == table["mean"].min()
     table["baseline"] = table["variant"] == chosen
+    table["margin"] = margin
     return table[VARIANT_COLUMNS]
 
 
@@ -248,7 +433,7 @@ def _comparisons(runs: pd.DataFrame, tuned: tuple[str, ...] = ()) -> list[_Compa
     return found
 
 
-def factor_table(runs: pd.DataFrame, tuned: tuple[str, ...] = ()) -> pd.DataFrame:
+def factor_table(runs: pd.DataFrame, tuned: tuple[str, ...] = (), margin: float | None = None) -> pd.DataFrame:
     """The effect of each ablation factor, from whichever variant pairs isolate it.
 
     A pair of variants that differs in exactly one factor (plus that factor's own `optim.*` /
@@ -263,6 +448,10 @@ def factor_table(runs: pd.DataFrame, tuned: tuple[str, ...] = ()) -> pd.DataFram
     clean row and only when no other such pair differs in a strict subset of what they
     differ in. Columns: see `FACTOR_COLUMNS`; clean rows have an empty flag. Rows: in the
     config's factor order, clean before flagged.
+
+    Each row also gets the verdict of its change from its own paired differences (`verdicts`,
+    the table's rows one family; "worse": the change raises the error): p, p_holm, p_tost,
+    p_tost_holm, verdict, seeds_needed, and margin (δ in points; None: `default_margin`).
 
     `tuned`: params each variant had selected for it on validation data (a fair study's
     `optim.lr`): nuisance settings that are meant to differ, so they are no difference.
@@ -281,7 +470,10 @@ def factor_table(runs: pd.DataFrame, tuned: tuple[str, ...] = ()) -> pd.DataFram
     groups: dict[tuple[str, str, str], list[pd.Series]] = {}
     for c in shown:
         groups.setdefault(("+".join(c.factors), c.change, c.flag), []).append(c.differences)
-    table = pd.DataFrame([_effect_row(*key, found) for key, found in groups.items()], columns=FACTOR_COLUMNS)
+    margin = default_margin(runs) if margin is None else margin
+    judged = verdicts({str(i): pd.concat(found) for i, found in enumerate(groups.values())}, margin)
+    rows = [_effect_row(*key, found) | judged.loc[str(i), _VERDICT_FIELDS].to_dict() for i, (key, found) in enumerate(groups.items())]
+    table = pd.DataFrame(rows, columns=FACTOR_COLUMNS).assign(margin=margin)
     rank = {factor: index for index, factor in enumerate(FACTORS)}
     sort_key = table["factor"].str.split("+").str[0].map(rank) * 2 + (table["flag"] != "")
     return table.iloc[np.argsort(sort_key.to_numpy(), kind="stable")].reset_index(drop=True)

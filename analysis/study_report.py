@@ -1,8 +1,9 @@
 """The report of a fair study (lenet5.study): the finals' tables as `analysis.report` writes
 them, the learning rate each variant got with the budget spent finding it, and the tuning plot.
 
-Files (in `out`): study.md (one row per variant: the finals' test error beside the selected
-rate, its validation error, the range, an edge flag and the budget), tuning.{md,csv},
+Files (in `out`): study.md (one row per variant: the finals' test error and verdict against
+the baseline beside the selected rate, its validation error, the range, an edge flag and the
+budget; below it the line counting the verdicts, at the margin it states), tuning.{md,csv},
 tuning_trials.csv (every tuning run), tuning.png, and everything `analysis.report` writes for
 the finals (variants.*, factors.*, runs.csv, the figures), captioned as a tuned recipe.
 """
@@ -16,7 +17,7 @@ import pandas as pd
 from . import plots
 from .report import BEST_MARK, RECIPE_NOTES, TUNED_PARAMS, _markdown, variants_display, write_tables
 from .runs import ReportError, load_runs, training_passes, training_time_of
-from .stats import variant_table
+from .stats import default_margin, variant_table, verdict_summary
 from .tuning import selection_display, tuning_figure
 
 def write_study_report(
@@ -28,11 +29,13 @@ def write_study_report(
     finals: dict[str, str],
     scope: str,
     baseline: str | None = None,
+    margin: float | None = None,
 ) -> dict[str, Path]:
     """Write the study's report into `out_dir`; returns {file name: path}.
 
     `trials` and `selection`: analysis.tuning's frames; `finals`: {final run id: the study's
-    label of its variant} (the labels of `trials`).
+    label of its variant} (the labels of `trials`); `margin`: the equivalence margin of the
+    verdicts, points of test error (None: the dataset's, `analysis.stats.MARGINS`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,13 +57,17 @@ def write_study_report(
     # happened to start: two launches of a study, or a resumed one, interleave them.
     study_order = {label: rank for rank, label in enumerate(selection["variant"])}  # one row a variant
     runs = runs.sort_values("variant", key=lambda labels: labels.map(study_order), kind="stable")
-    files |= write_tables(runs, tracking_uri, out, scope, baseline, tuned=TUNED_PARAMS)
-    shown = variants_display(variant_table(runs, baseline))
+    margin = default_margin(runs) if margin is None else margin
+    files |= write_tables(runs, tracking_uri, out, scope, baseline, tuned=TUNED_PARAMS, margin=margin)
+    variants = variant_table(runs, baseline, margin)
+    shown = variants_display(variants)
     shown["key"] = shown["variant"].str.removesuffix(f" {BEST_MARK}")
     combined = shown.merge(tuning.drop(columns="optimizer"), left_on="key", right_on="variant", how="left", suffixes=("", "_tuning"))
     combined = combined.drop(columns=["key", "variant_tuning"])
     (out / "study.md").write_text(
-        _markdown(combined) + f"\n\n{RECIPE_NOTES['tuned']} {finals_note(runs)}\n\n{compute_note(tracking_uri, trials, finals)}\n",
+        _markdown(combined)
+        + f"\n\n{verdict_summary(variants, margin)}\n\n{RECIPE_NOTES['tuned']} {finals_note(runs)}\n\n"
+        + f"{compute_note(tracking_uri, trials, finals)}\n",
         encoding="utf-8",
     )
     files["study.md"] = out / "study.md"

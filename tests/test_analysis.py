@@ -203,7 +203,8 @@ def test_variant_table_matches_scipy_on_the_raw_runs(study, runs):
 def test_a_single_seed_variant_has_no_interval_and_no_test(runs):
     row = variant_table(runs, BASELINE).set_index("variant").loc[LABELS["act_relu"]]
     assert row["n"] == 1 and row["n_paired"] == 1
-    assert all(math.isnan(row[key]) for key in ("std", "ci_low", "ci_high", "p", "p_holm"))
+    assert all(math.isnan(row[key]) for key in ("std", "ci_low", "ci_high", "p", "p_holm", "p_tost", "seeds_needed"))
+    assert row["verdict"] == "undecided"
     assert not math.isnan(row["mean"]) and not math.isnan(row["diff"])
 
 
@@ -312,7 +313,10 @@ def test_factor_table_along_the_paper_to_modern_path(study):
 
 def test_a_single_variant_has_no_factor_rows(runs):
     table = factor_table(runs[runs["delta"] == "none"])
-    assert table.empty and list(table.columns) == ["factor", "change", "effect", "ci_low", "ci_high", "n_pairs", "n", "flag"]
+    assert table.empty and list(table.columns) == [
+        "factor", "change", "effect", "ci_low", "ci_high", "n_pairs", "n",
+        "p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed", "flag", "margin",
+    ]  # fmt: skip
 
 
 # --- report ------------------------------------------------------------------------------
@@ -337,12 +341,19 @@ def test_report_cli_writes_every_file_and_prints_the_table(study, runs, tmp_path
     written = (out / "variants.md").read_text(encoding="utf-8").splitlines()
     assert table_lines == [line for line in written if line.startswith("|")]
     assert written[-1].startswith("Fixed recipe:") and written[-1] in done.stdout  # no run here is a study's final
+    # The verdicts' line, with the margin used (MNIST's default), printed too.
+    assert written[-3].startswith("Verdicts at margin ±0.1 pp, Holm-adjusted α = 0.05: ") and written[-3] in done.stdout
     header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table_lines]
-    assert header == ["variant", "n", "test error % (mean ± std)", "95% CI", "Δ vs baseline (pp)", "p (Holm)"]
+    assert header == [
+        "variant", "n", "test error % (mean ± std)", "95% CI", "Δ vs baseline (pp)",
+        "p (Holm)", "p TOST (Holm)", "verdict", "seeds needed",
+    ]  # fmt: skip
     shown = {row[0].removesuffix(" ★"): row for row in rows}
     assert {label: int(row[1]) for label, row in shown.items()} == {LABELS[d]: len(s) for d, s in SEEDS.items()}
     assert sum(row[0].endswith("★") for row in rows) == 1
     assert shown[LABELS["none"]][4] == "baseline" and shown[LABELS["act_relu"]][3] == ""
+    assert shown[LABELS["none"]][7] == "" and shown[LABELS["act_relu"]][7] == "undecided"  # one seed: no test, no plan
+    assert {row[7] for row in rows} <= {"", "worse", "better", "equivalent", "undecided"}
     means = variant_table(runs, BASELINE).set_index("variant")["mean"]
     assert shown[LABELS["pool_max"]][2].startswith(f"{means[LABELS['pool_max']]:.2f} ± ")
     assert str(out.resolve()) in done.stdout.splitlines()[-1]

@@ -198,7 +198,7 @@ def test_growing_a_study_trains_only_the_new_seeds_and_its_verdicts_follow(studi
     """The pilot (seeds 0, 1) plans 3 seeds for every variant (min_seeds = max_seeds = 3):
     the grown launch trains seed 2 of each variant and nothing else, and its report's verdicts
     are those of the 3 seeds' paired differences."""
-    from analysis.stats import default_margin, verdicts
+    from analysis.stats import MARGINS, verdicts
 
     added = _new(studied.after_grown, studied.after_again)
     trained = sorted((r.data.tags["study.variant"], r.data.params["seed"]) for r in added if "config_hash" in r.data.tags)
@@ -214,7 +214,7 @@ def test_growing_a_study_trains_only_the_new_seeds_and_its_verdicts_follow(studi
         and r.data.tags.get(f"study.member.{_grown_study_id(studied.after_grown)}") == "true"
     }  # fmt: skip
     differences = {"paper optim=adam": [errors[("paper optim=adam", s)] - errors[("paper", s)] for s in (0, 1, 2)]}
-    expected = verdicts(differences, default_margin("mnist")).loc["paper optim=adam", "verdict"]
+    expected = verdicts(differences, MARGINS["mnist"]).loc["paper optim=adam", "verdict"]
     assert grown.loc["paper optim=adam", "verdict"] == expected
 
 
@@ -253,12 +253,13 @@ def test_the_report_has_the_tuning_columns_and_plot(studied):
     study_md = (report / "study.md").read_text(encoding="utf-8")
     header = [cell.strip() for cell in study_md.splitlines()[0].strip("|").split("|")]
     assert header[:3] == ["variant", "n", "test error % (mean ± std)"]
-    assert {"selected lr", "val error %", "refinement", "lr range", "edge", "tuning budget"} <= set(header)
+    assert {"selected lr", "val error %", "refinement", "lr range", "edge", "tuning budget", "p TOST (Holm)", "verdict", "seeds needed"} <= set(header)
     assert "3 lr x 1 passes x 1 seed = 3 passes of 300 images" in study_md
     tuning = pd.read_csv(report / "tuning.csv")
     moved = (tuning["selected_lr"] != tuning["grid_lr"]).sum()
     assert study_md.count("| kept ") + study_md.count("| moved from ") == 2 and study_md.count("| moved from ") == moved
     assert "Tuned recipe" in study_md and "Tuned recipe" in (report / "variants.md").read_text(encoding="utf-8")
+    assert "\n\nVerdicts at margin ±0.1 pp, Holm-adjusted α = 0.05: 1 " in study_md  # one comparison, judged
     assert "Finals: seeds 0, 1; passes: 1, over 300 training images" in study_md  # STUDY's finals, on the subset
     assert (report / "tuning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"variants.md", "factors.md", "tuning.md", "tuning.csv", "tuning_trials.csv"} <= {p.name for p in report.iterdir()}

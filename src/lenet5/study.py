@@ -510,9 +510,9 @@ class Study:
     # --- seeds on demand -------------------------------------------------------------
 
     def margin(self) -> float:
-        from analysis.stats import default_margin
+        from analysis.stats import MARGINS
 
-        return float(self.cfg.margin) if self.cfg.margin is not None else default_margin(self.dataset)
+        return float(self.cfg.margin) if self.cfg.margin is not None else MARGINS[self.dataset]
 
     def plan_seeds(self, pilot: dict[str, list[Job]], min_seeds: int, max_seeds: int) -> Any:
         """How many seeds each variant gets, from the pilot's paired differences with the
@@ -611,7 +611,9 @@ class Study:
 
         out = Path(self.cfg.out) if self.cfg.out else self.dir / "report"
         try:
-            files = write_study_report(self.uri, self.experiment, out, trials, selection, finals, f"study {self.study_id}")
+            files = write_study_report(
+                self.uri, self.experiment, out, trials, selection, finals, f"study {self.study_id}", margin=self.margin()
+            )
         except ReportError as err:
             self.errors["report"] = str(err)
             return
