@@ -302,7 +302,7 @@ class Study:
         self.cfg, self.variants, self.run_args, self.preset = cfg, variants, run_args, preset
         first = compose_config(variants[0].overrides)
         self.uri, self.experiment = str(first.tracking.uri), str(first.tracking.experiment)
-        self.dataset = str(first.data.dataset)
+        self.dataset = select(first, "data.dataset")
         self.client = MlflowClient(self.uri)
         self.experiment_id = get_or_create_experiment(self.client, self.experiment, artifact_location(self.uri, first.tracking.artifact_root))
         self.study_id = study_id_of(cfg, variants, run_args)
