@@ -1,0 +1,158 @@
+"""lenet5.adapters against the libraries' own (private) code: each test pins a behaviour the suite
+copies, so an upgrade of Hydra that changes it fails here, loudly.
+
+Tests may reach into the libraries' internals (ruff checks only the code the suite ships).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
+
+from lenet5.adapters import hydra_args_parser, is_hydra_command, sweep_jobs
+
+
+def described(parser) -> list[tuple]:
+    """Every argument of an argparse parser, as what decides how it parses."""
+    return sorted(
+        (tuple(a.option_strings), a.dest, a.nargs, a.const, a.default, tuple(a.choices or ()), type(a).__name__, a.required)
+        for a in parser._actions  # noqa: SLF001 - argparse has no public list of a parser's arguments
+    )
+
+
+def test_the_parser_has_hydras_arguments():
+    assert described(hydra_args_parser()) == described(get_args_parser())
+
+
+COMMAND_LINES = [
+    [],
+    ["model.pool=max", "seed=1"],
+    ["-m", "seed=0,1", "optim.lr=1e-3,2e-3"],
+    ["--multirun", "hydra/launcher=stacked"],
+    ["--cfg", "job"],
+    ["-c", "hydra", "--resolve", "-p", "model"],
+    ["--info"],
+    ["-i", "plugins"],
+    ["--help"],
+    ["-h", "seed=2"],
+    ["--hydra-help"],
+    ["--shell-completion"],
+    ["-cn", "other", "-cp", "/somewhere", "-cd", "/extra", "-r"],
+    ["--experimental-rerun", "config.pickle"],
+]
+
+
+@pytest.mark.parametrize("argv", COMMAND_LINES, ids=lambda a: " ".join(a) or "(none)")
+def test_the_parser_reads_a_command_line_as_hydra_does(argv):
+    ours, hydras = hydra_args_parser().parse_args(argv), get_args_parser().parse_args(argv)
+    assert vars(ours) == vars(hydras)
+    nothing_runs = bool(hydras.cfg or hydras.info or hydras.help or hydras.hydra_help or hydras.shell_completion)
+    assert is_hydra_command(ours) == nothing_runs
+
+
+@pytest.mark.parametrize("argv", [["--cfg", "everything"], ["-i", "nothing"], ["--unknown"]], ids=" ".join)
+def test_the_parser_refuses_what_hydra_refuses(argv, capsys):
+    for parser in (hydra_args_parser(), get_args_parser()):
+        with pytest.raises(SystemExit) as refused:
+            parser.parse_args(argv)
+        assert refused.value.code == 2
+    ours, hydras = capsys.readouterr().err.split("usage: ")[1:]
+    assert ours == hydras
+
+
+def test_version_is_hydras(capsys):
+    for parser in (hydra_args_parser(), get_args_parser()):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--version"])
+    ours, hydras = capsys.readouterr().out.splitlines()
+    assert ours == hydras
+
+
+SWEEPS = [
+    ["a=1"],
+    ["a=1,2", "b=x,y,z"],
+    ["a=1,2", "b=x,y", "c=3", "a=5,6,7"],  # a later override of a key wins and keeps its place
+    ["seed=range(3)", "model.pool=choice(subsample,max)", "+extra=1", "~gone"],
+    ["optim.lr=1e-3,2e-3", "optim.betas=[0.9,0.99]", "x='a,b'", "hydra.launcher.n_jobs=1,2", "y=null"],
+    ["k=2", "k=3,4"],
+]
+
+
+@pytest.mark.parametrize("overrides", SWEEPS, ids=" ".join)
+def test_sweep_jobs_are_the_basic_sweepers(overrides):
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    (expected,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    assert sweep_jobs(parsed) == expected
+
+
+def test_the_last_key_varies_fastest():
+    parsed = OverridesParser.create().parse_overrides(["a=1,2", "b=x,y"])
+    assert sweep_jobs(parsed) == [["a=1", "b=x"], ["a=1", "b=y"], ["a=2", "b=x"], ["a=2", "b=y"]]
+
+
+def test_an_interval_sweep_is_refused_as_by_the_basic_sweeper():
+    parsed = OverridesParser.create().parse_overrides(["lr=interval(0.1,1)"])
+    with pytest.raises(HydraException) as basic:
+        BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    with pytest.raises(HydraException) as ours:
+        sweep_jobs(parsed)
+    assert str(ours.value) == str(basic.value)
+
+
+@pytest.mark.slow
+def test_sweep_jobs_are_what_a_multirun_launches(tmp_path):
+    """A real `-m` of a tiny Hydra app: its sweeper's params first, the command line after them."""
+    (tmp_path / "config.yaml").write_text(
+        textwrap.dedent("""\
+            a: 0
+            b: 0
+            c: 0
+            hydra:
+              sweeper:
+                params:
+                  a: 1,2
+                  c: 7,8
+            """)
+    )
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent("""\
+            import hydra
+            from hydra.core.hydra_config import HydraConfig
+
+            @hydra.main(version_base="1.3", config_path=".", config_name="config")
+            def main(cfg):
+                print("JOB", " ".join(HydraConfig.get().overrides.task), flush=True)
+
+            main()
+            """)
+    )
+    command_line = ["b=x,y", "a=5,6,7"]
+    launched = subprocess.run(
+        [sys.executable, "app.py", "-m", *command_line, f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra/job_logging=none", "hydra/hydra_logging=none"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    jobs = [line.removeprefix("JOB ").split() for line in launched.stdout.splitlines() if line.startswith("JOB ")]
+    expected = sweep_jobs(OverridesParser.create().parse_overrides(["a=1,2", "c=7,8", *command_line]))
+    assert jobs == expected
+    assert expected[:2] == [["a=5", "c=7", "b=x"], ["a=5", "c=7", "b=y"]]
+
+
+def test_the_stacked_launcher_is_registered_once_under_its_target():
+    import lenet5.config  # noqa: F401  (registers the launcher)
+    from hydra_plugins.lenet5_stacked_launcher.stacked_launcher import StackedLauncherConf, register
+
+    register()  # a second call changes nothing
+    target = StackedLauncherConf._target_
+    launchers = [c for c in Plugins.instance().discover(Launcher) if f"{c.__module__}.{c.__name__}" == target]
+    assert len(launchers) == 1
+    # What Hydra's launcher lookup reads (Plugins._instantiate): the _target_ names that class.
+    assert Plugins.instance().class_name_to_class[target] is launchers[0]
