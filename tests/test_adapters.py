@@ -1,15 +1,17 @@
 """lenet5.adapters against the libraries' own (private) code: each test pins a behaviour the suite
-copies, so an upgrade of Hydra that changes it fails here, loudly.
+copies, so an upgrade of Hydra or MLflow that changes it fails here, loudly.
 
 Tests may reach into the libraries' internals (ruff checks only the code the suite ships).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 
+import mlflow
 import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
@@ -18,7 +20,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.plugins.launcher import Launcher
 
-from lenet5.adapters import hydra_args_parser, is_hydra_command, sweep_jobs
+from lenet5.adapters import global_tracking_uri, hydra_args_parser, is_hydra_command, sweep_jobs
 
 
 def described(parser) -> list[tuple]:
@@ -144,6 +146,41 @@ def test_sweep_jobs_are_what_a_multirun_launches(tmp_path):
     expected = sweep_jobs(OverridesParser.create().parse_overrides(["a=1,2", "c=7,8", *command_line]))
     assert jobs == expected
     assert expected[:2] == [["a=5", "c=7", "b=x"], ["a=5", "c=7", "b=y"]]
+
+
+@pytest.fixture
+def no_tracking_uri(monkeypatch):
+    """MLflow's tracking URI unset (neither set in the process nor exported), as it was after."""
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    assert not mlflow.is_tracking_uri_set()
+    yield
+    mlflow.set_tracking_uri(before)
+
+
+def test_an_unset_tracking_uri_is_set_for_the_block_and_unset_after(no_tracking_uri, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'a.db'}"
+    with global_tracking_uri(uri):
+        # Within: what MlflowClient() and the fluent API read, exported to subprocesses too.
+        assert mlflow.get_tracking_uri() == uri == os.environ["MLFLOW_TRACKING_URI"]
+    assert not mlflow.is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_a_set_tracking_uri_comes_back_after_the_block(no_tracking_uri, tmp_path):
+    first, second = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    mlflow.set_tracking_uri(first)
+    with global_tracking_uri(second):
+        assert mlflow.get_tracking_uri() == second
+    assert mlflow.get_tracking_uri() == first == os.environ["MLFLOW_TRACKING_URI"]
+
+
+def test_an_exported_tracking_uri_comes_back_after_the_block(no_tracking_uri, monkeypatch, tmp_path):
+    exported, other = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", exported)
+    with global_tracking_uri(other):
+        assert mlflow.get_tracking_uri() == other
+    assert mlflow.get_tracking_uri() == exported == os.environ["MLFLOW_TRACKING_URI"]
 
 
 def test_the_stacked_launcher_is_registered_once_under_its_target():

@@ -1,4 +1,4 @@
-"""What the suite needs from Hydra that it offers no public API for, in one place.
+"""What the suite needs from Hydra and MLflow that they offer no public API for, in one place.
 
 Each function mirrors, with public calls only where it can, behaviour the library keeps
 internal; tests/test_adapters.py compares each with the library's own (private) code, so an
@@ -7,16 +7,20 @@ upgrade that changes that behaviour fails there, loudly, instead of in a sweep.
 - `hydra_args_parser`: the command line `@hydra.main` parses (Hydra builds it in
   `hydra._internal.utils.get_args_parser`);
 - `sweep_jobs`: the jobs Hydra's basic sweeper launches for a multirun's overrides
-  (`hydra._internal.core_plugins.basic_sweeper.BasicSweeper.split_arguments`).
+  (`hydra._internal.core_plugins.basic_sweeper.BasicSweeper.split_arguments`);
+- `global_tracking_uri`: MLflow's process-wide tracking URI for one block, restored after it
+  (MLflow keeps its context manager for that, `_use_tracking_uri`, private); public calls only.
 
-Light on purpose: `run.py` imports this before anything heavy.
+Light on purpose: `run.py` imports this before anything heavy (MLflow only inside the
+function that needs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import hydra
 from hydra.core.override_parser.types import Override
@@ -75,3 +79,22 @@ def sweep_jobs(overrides: Iterable[Override]) -> list[list[str]]:
             raise HydraException(f"BasicSweeper does not support sweep type : {kind}")
     return [list(job) for job in itertools.product(*values.values())]
 
+
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at `uri` for the block only, then restore it:
+    unset stays unset. What reads it: the fluent API (`mlflow.search_runs`), and the model
+    functions that take no tracking URI (`mlflow.pytorch.log_model`, `load_model("runs:/...")`).
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which processes started later
+    (a sweep's jobs) would inherit: `set_tracking_uri(None)` is what unsets both. A URI the
+    user exported is restored as it was (MLflow's private `_use_tracking_uri` would unset it).
+    """
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
