@@ -1,5 +1,5 @@
 """lenet5.adapters against the libraries' own (private) code: each test pins a behaviour the suite
-copies, so an upgrade of Hydra or MLflow that changes it fails here, loudly.
+copies, so an upgrade of Hydra, torch or MLflow that changes it fails here, loudly.
 
 Tests may reach into the libraries' internals (ruff checks only the code the suite ships).
 """
@@ -13,6 +13,7 @@ import textwrap
 
 import mlflow
 import pytest
+import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -20,7 +21,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.plugins.launcher import Launcher
 
-from lenet5.adapters import global_tracking_uri, hydra_args_parser, is_hydra_command, sweep_jobs
+from lenet5.adapters import compile_error_types, global_tracking_uri, hydra_args_parser, is_hydra_command, sweep_jobs
 
 
 def described(parser) -> list[tuple]:
@@ -146,6 +147,22 @@ def test_sweep_jobs_are_what_a_multirun_launches(tmp_path):
     expected = sweep_jobs(OverridesParser.create().parse_overrides(["a=1,2", "c=7,8", *command_line]))
     assert jobs == expected
     assert expected[:2] == [["a=5", "c=7", "b=x"], ["a=5", "c=7", "b=y"]]
+
+
+def test_compile_errors_are_what_a_failing_backend_raises():
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no working C++ compiler")
+
+    compiled = torch.compile(lambda x: x * 2 + 1, backend=failing_backend)
+    try:
+        with pytest.raises(compile_error_types(), match="no working C\\+\\+ compiler"):
+            compiled(torch.ones(3))
+    finally:
+        torch._dynamo.reset()  # noqa: SLF001 - forget the failed frame
+    from torch._dynamo.exc import BackendCompilerFailed, Unsupported
+    from torch._inductor.exc import InductorError
+
+    assert all(issubclass(error, compile_error_types()) for error in (BackendCompilerFailed, InductorError, Unsupported))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""What the suite needs from Hydra and MLflow that they offer no public API for, in one place.
+"""What the suite needs from Hydra, torch and MLflow that they offer no public API for, in one place.
 
 Each function mirrors, with public calls only where it can, behaviour the library keeps
 internal; tests/test_adapters.py compares each with the library's own (private) code, so an
@@ -8,11 +8,13 @@ upgrade that changes that behaviour fails there, loudly, instead of in a sweep.
   `hydra._internal.utils.get_args_parser`);
 - `sweep_jobs`: the jobs Hydra's basic sweeper launches for a multirun's overrides
   (`hydra._internal.core_plugins.basic_sweeper.BasicSweeper.split_arguments`);
+- `compile_error_types`: what `torch.compile` raises when it cannot compile (torch exports no
+  public base class for Dynamo's and Inductor's errors);
 - `global_tracking_uri`: MLflow's process-wide tracking URI for one block, restored after it
   (MLflow keeps its context manager for that, `_use_tracking_uri`, private); public calls only.
 
-Light on purpose: `run.py` imports this before anything heavy (MLflow only inside the
-function that needs it).
+Light on purpose: `run.py` imports this before anything heavy (torch and MLflow only inside
+the functions that need them).
 """
 
 from __future__ import annotations
@@ -78,6 +80,18 @@ def sweep_jobs(overrides: Iterable[Override]) -> list[list[str]]:
             kind = override.value_type.name if override.value_type is not None else "unknown"
             raise HydraException(f"BasicSweeper does not support sweep type : {kind}")
     return [list(job) for job in itertools.product(*values.values())]
+
+
+def compile_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions by which `torch.compile`d code reports that it could not be compiled
+    (Dynamo tracing, a backend such as Inductor failing, ...): Dynamo's base exception class.
+
+    torch has no public name for it (`torch.compiler` exports only PrecompileError), so this
+    is the one place the suite reaches into torch's private modules.
+    """
+    from torch._dynamo.exc import TorchDynamoException  # noqa: PLC2701 - no public equivalent; pinned by tests/test_adapters.py
+
+    return (TorchDynamoException,)
 
 
 @contextmanager
