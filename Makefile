@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python run.py $(ARGS)
 
-## Run the test suite (CI sets MNIST_ROOT=../shared/data)
+## Check the code uses public APIs only (ruff, configured in pyproject.toml), then run the test suite (CI sets MNIST_ROOT=../shared/data)
 test: $(STAMP)
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The fast tier for day-to-day work: every test not marked slow (no training subprocesses)

@@ -126,7 +126,7 @@ def _alignment(display: pd.DataFrame) -> list[str]:
     return ["right" if c in NUMERIC_TEXT or pd.api.types.is_numeric_dtype(display[c]) else "left" for c in display]
 
 
-def _markdown(display: pd.DataFrame) -> str:
+def markdown_table(display: pd.DataFrame) -> str:
     """GitHub Markdown, cells exactly as formatted (tabulate would re-read "+0.50" as 0.5)."""
     return display.to_markdown(index=False, disable_numparse=True, colalign=_alignment(display))
 
@@ -138,7 +138,7 @@ def _write_tables(
     one a line, below the Markdown table), stem.csv from the unrounded `numbers`; returns {file name: path}."""
     paths = {suffix: stem.with_suffix(f".{suffix}") for suffix in ("md", "tex", "csv", "html")}
     paragraphs = "".join(f"\n{line}\n" for line in note.splitlines())
-    paths["md"].write_text(_markdown(display) + "\n" + paragraphs, encoding="utf-8")
+    paths["md"].write_text(markdown_table(display) + "\n" + paragraphs, encoding="utf-8")
     numbers.to_csv(paths["csv"], index=False)
     latex = (
         _styled(display, highlighted, "font-weight: bold;")

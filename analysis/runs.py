@@ -1,20 +1,20 @@
 """MLflow runs as tidy pandas frames: one row per finished training run, one per metric step.
 
-Only the configuration (`lenet5.config`) is imported from the training package: the rest
-pulls in Lightning and costs seconds on every report.
+Only the configuration (`lenet5.config`) and `lenet5.adapters` are imported from the training
+package: the rest pulls in Lightning and costs seconds on every report.
 """
 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from lenet5.adapters import global_tracking_uri
 from lenet5.config import DEFAULT_TRACKING_URI  # noqa: F401  (re-exported: report, notebook)
 from lenet5.config import ABLATION_FACTORS, KEYS_ADDED_LATER, NON_SCIENTIFIC_KEYS, is_scientific_key
 
@@ -56,18 +56,6 @@ def _client(tracking_uri: str) -> MlflowClient:
         if not path.is_file():
             raise ReportError(f"no MLflow store at {path} (tracking URI {tracking_uri})")
     return MlflowClient(tracking_uri)
-
-
-@contextmanager
-def global_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (`mlflow.search_runs`) at `uri` for the block only: setting it
-    also exports MLFLOW_TRACKING_URI, which processes started later (a sweep's jobs) would inherit."""
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def _experiment_id(client: MlflowClient, experiment: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
-from .report import BEST_MARK, RECIPE_NOTES, TUNED_PARAMS, _markdown, variants_display, write_tables
+from .report import BEST_MARK, RECIPE_NOTES, TUNED_PARAMS, markdown_table, variants_display, write_tables
 from .runs import ReportError, load_runs, training_passes, training_time_of
 from .stats import default_margin, variant_table, verdict_summary
 from .tuning import selection_display, tuning_figure
@@ -41,7 +41,7 @@ def write_study_report(
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     tuning = selection_display(selection)
-    (out / "tuning.md").write_text(_markdown(tuning) + "\n", encoding="utf-8")
+    (out / "tuning.md").write_text(markdown_table(tuning) + "\n", encoding="utf-8")
     selection.to_csv(out / "tuning.csv", index=False)
     trials.to_csv(out / "tuning_trials.csv", index=False)
     files |= {name: out / name for name in ("tuning.md", "tuning.csv", "tuning_trials.csv")}
@@ -65,7 +65,7 @@ def write_study_report(
     combined = shown.merge(tuning.drop(columns="optimizer"), left_on="key", right_on="variant", how="left", suffixes=("", "_tuning"))
     combined = combined.drop(columns=["key", "variant_tuning"])
     (out / "study.md").write_text(
-        _markdown(combined)
+        markdown_table(combined)
         + f"\n\n{verdict_summary(variants, margin)}\n\n{RECIPE_NOTES['tuned']} {finals_note(runs)}\n\n"
         + f"{compute_note(tracking_uri, trials, finals)}\n",
         encoding="utf-8",

@@ -12,15 +12,12 @@ import sys
 from typing import Any
 
 import hydra
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from omegaconf import OmegaConf
-
+from .adapters import hydra_args_parser, is_hydra_command, sweep_jobs
 from .config import ABLATION_FACTORS, CONF_DIR, ConfigError, factor_choices
 from .presets import compose_config
 from .store import check_store
@@ -68,8 +65,8 @@ def explain(err: BaseException, overrides: list[str]) -> str:
 
 def job_overrides(argv: list[str]) -> tuple[list[list[str]], bool]:
     """The override lists of the jobs `argv` launches (hydra.* overrides left out) and whether it is a multirun."""
-    args = get_args_parser().parse_args(argv)
-    if args.cfg or args.info or args.help or args.hydra_help or args.shell_completion:
+    args = hydra_args_parser().parse_args(argv)
+    if is_hydra_command(args):
         return [], False  # Hydra's own commands: nothing trains
     parser = OverridesParser.create()
     is_job_override = lambda o: not o.get_key_element().lstrip("+~").startswith("hydra")  # noqa: E731
@@ -80,15 +77,14 @@ def job_overrides(argv: list[str]) -> tuple[list[list[str]], bool]:
     # comes after them and wins for the same key, as in Hydra's BasicSweeper.
     primary = compose_config([o.input_line for o in parsed if not o.is_sweep_override()], with_hydra=True)
     preset_params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.params or {}).items()]
-    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(preset_params) + parsed, max_batch_size=None)
-    return jobs, True
+    return sweep_jobs(parser.parse_overrides(preset_params) + parsed), True
 
 
 def command_hydra_config(argv: list[str]) -> Any | None:
     """The `hydra` node (launcher, sweeper, ...) `argv` composes, hydra.* overrides included;
     None for Hydra's own commands (--cfg, --help, ...)."""
-    args = get_args_parser().parse_args(argv)
-    if args.cfg or args.info or args.help or args.hydra_help or args.shell_completion:
+    args = hydra_args_parser().parse_args(argv)
+    if is_hydra_command(args):
         return None
     parsed = OverridesParser.create().parse_overrides(args.overrides)
     return compose_config([o.input_line for o in parsed if not o.is_sweep_override()], with_hydra=True).hydra

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import torch
 
+from .adapters import compile_error_types
+
 #: What `trainer.compile` accepts (Hydra reads true/false as booleans; both spellings work).
 COMPILE_CHOICES = ("auto", "true", "false")
 
@@ -54,7 +56,7 @@ class CompiledOrEager:
         if self.compiled is not None:
             try:
                 return self.compiled(*args)
-            except torch._dynamo.exc.TorchDynamoException as err:
+            except compile_error_types() as err:
                 first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 warnings.warn(f"trainer.compile: torch.compile (mode {self.mode}) failed, training eagerly: {first_line}", stacklevel=2)
                 self.compiled = None

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from unittest import mock
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -23,6 +24,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from .adapters import global_tracking_uri
 from .config import DEFAULT_TRACKING_URI, PROJECT_DIR, ConfigError
 from .data import MNIST_TEST_SIZE, ensure_mnist, load_mnist_split, preprocess
 from .plots import network_figure
@@ -44,16 +46,29 @@ def open_run(tracking_uri: str, run_id: str):
         raise InspectError(f"run {run_id} not found in {tracking_uri}") from None
 
 
+@contextmanager
+def environ(name: str, value: str) -> Iterator[None]:
+    """Environment variable `name` set to `value` for the block, then as it was (unset included)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def load_network(tracking_uri: str, run_id: str) -> torch.nn.Module:
     """The run's trained LeNet5 on the CPU, in eval mode; InspectError if it has none."""
     import mlflow.pytorch
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    # runs:/ URIs resolve through the process's tracking URI; MLflow's own context manager
-    # restores it afterwards (as lenet5.tracking does when logging the model).
+    # runs:/ URIs resolve through the process's tracking URI: set for the call and restored
+    # (as lenet5.tracking does when logging the model).
     # MLflow draws a progress bar on stderr for every artifact download; an error must stay one line.
-    quiet = mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
-    with _use_tracking_uri(tracking_uri), quiet:
+    quiet = environ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with global_tracking_uri(tracking_uri), quiet:
         try:
             return mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu").eval()
         except MlflowException:

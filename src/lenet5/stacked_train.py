@@ -111,7 +111,7 @@ class _Job:
 
 
 def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
-    from .train import _result, log_distortions, log_network, log_test_artifacts, record_setup
+    from .train import job_result, log_distortions, log_network, log_test_artifacts, record_setup
 
     first_cfg = cfgs[todo[0][0]]
     device = training_device(first_cfg)
@@ -133,7 +133,7 @@ def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
                 run = open_run(cfg, name, {**sweep_tags, **stack_tags}, claim)
             except JobBusy as err:
                 print(f"error: {' '.join(str(err).split())}")
-                results[i] = _result("", name, float("nan"), cfg)
+                results[i] = job_result("", name, float("nan"), cfg)
                 continue
             job = _Job(i, name, run, claim, None)
             if run.resumed is not None:
@@ -142,7 +142,7 @@ def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
                 except ConfigError as err:  # left RUNNING, owner gone: the launch that can read it resumes it
                     claim.release()
                     print(f"error: {err}")
-                    results[i] = _result(run.run_id, name, float("nan"), cfg)
+                    results[i] = job_result(run.run_id, name, float("nan"), cfg)
                     continue
                 print(f"resume: run {run.run_id} from pass {job.start_pass} of {cfg.trainer.max_epochs}")
             else:
@@ -155,7 +155,7 @@ def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
         for job in jobs:
             i, name, run = job.index, job.name, job.run
             if i not in live:
-                results[i] = _result(run.run_id, name, float("nan"), cfgs[i])
+                results[i] = job_result(run.run_id, name, float("nan"), cfgs[i])
                 continue
             cfg, module = cfgs[i], prepared[i][1]
             try:
@@ -165,11 +165,11 @@ def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
                 log_network(run, module, datamodule)
             except Exception as err:
                 end_run(run, err)
-                results[i] = _result(run.run_id, name, float("nan"), cfg)
+                results[i] = job_result(run.run_id, name, float("nan"), cfg)
                 continue
             end_run(run)
             delete_checkpoints(run.client, run.run_id)
-            results[i] = _result(run.run_id, name, test_error, cfg)
+            results[i] = job_result(run.run_id, name, test_error, cfg)
             print(f"{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs (run {run.run_id})")
     except BaseException as err:
         for job in jobs:

@@ -18,8 +18,8 @@ from pathlib import Path
 from .config import ConfigError
 
 
-#: URI schemes MLflow 3 has a tracking store for (mlflow.tracking._tracking_service.utils
-#: registers these; "" is a plain path, i.e. a file store). A database URI may name its
+#: URI schemes MLflow 3 has a tracking store for (MLflow's tracking service registers these;
+#: "" is a plain path, i.e. a file store). A database URI may name its
 #: driver after a "+" (postgresql+psycopg2://...).
 STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
 
@@ -129,7 +129,10 @@ def _check_server(uri: str) -> None:
     url = uri.rstrip("/") + "/health"
     context = None
     if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        context = ssl._create_unverified_context()  # as MLflow itself does with that variable
+        # No certificate or host name check, as MLflow itself does with that variable.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
         with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S, context=context):
             return

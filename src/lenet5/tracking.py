@@ -208,7 +208,8 @@ class TrackedRun:
         """
         import mlflow.pytorch
         import torch
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        from .adapters import global_tracking_uri
 
         run = self.client.get_run(self.run_id)
         logged = self.client.create_logged_model(
@@ -216,9 +217,9 @@ class TrackedRun:
         )
         # The suite chose pickle on purpose (above); MLflow's warning about it on every run is noise.
         logging.getLogger("mlflow.pytorch").addFilter(_DROP_PICKLE_WARNING)  # one object: added once
-        # MLflow's own context manager: set_tracking_uri(get_tracking_uri()) would not restore
-        # "unset" (it also exports MLFLOW_TRACKING_URI to every later subprocess).
-        with _use_tracking_uri(self.tracking_uri):
+        # Set for the call and restored, "unset" included: set_tracking_uri(get_tracking_uri())
+        # would leave it set (and exported as MLFLOW_TRACKING_URI to every later subprocess).
+        with global_tracking_uri(self.tracking_uri):
             mlflow.pytorch.log_model(
                 model, name=name, input_example=input_example, run_id=self.run_id, model_id=logged.model_id,
                 # MLflow 3's default ("pt2", torch.export) loads back a traced graph without the

@@ -157,7 +157,7 @@ def sweep_membership(cfg: Any, name: str) -> tuple[dict[str, Any] | None, dict[s
         if done is not None:
             print(f"skip: {name} already FINISHED as run {done.info.run_id}")
             reuse_finished(sweep, done)
-            return _result(done.info.run_id, name, done.data.metrics.get("test_error", float("nan")), cfg), {}
+            return job_result(done.info.run_id, name, done.data.metrics.get("test_error", float("nan")), cfg), {}
     if sweep["tracking_uri"] != str(cfg.tracking.uri):
         return None, {}
     return None, {"mlflow.parentRunId": sweep["parent_run_id"], "sweep_id": sweep["sweep_id"]}
@@ -217,7 +217,7 @@ def train(cfg: Any) -> dict[str, Any]:
         f"browse all runs: mlflow ui --backend-store-uri {cfg.tracking.uri}, then open\n"
         f"  {ui_address(cfg, run)}"
     )
-    return _result(run.run_id, name, test_error, cfg)
+    return job_result(run.run_id, name, test_error, cfg)
 
 
 def ui_address(cfg: Any, run: TrackedRun) -> str:
@@ -229,7 +229,9 @@ def ui_address(cfg: Any, run: TrackedRun) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run.run_id}?workflowType=machine_learning"
 
 
-def _result(run_id: str, name: str, test_error: float, cfg: Any) -> dict[str, Any]:
+def job_result(run_id: str, name: str, test_error: float, cfg: Any) -> dict[str, Any]:
+    """What `train` returns for a job (and `stacked_train.train_stack` for each of a stack's):
+    its run, its test error (%), and where the run is recorded."""
     return {
         "run_id": run_id,
         "run_name": name,

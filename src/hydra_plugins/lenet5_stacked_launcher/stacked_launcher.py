@@ -102,8 +102,14 @@ def register() -> None:
     is found that way, but an editable install (what `make` does) maps this package through an
     import hook that pkgutil cannot list, so the scan misses it although it imports fine. The
     suite calls this when `lenet5.config` is imported, before Hydra composes or launches.
+
+    `Plugins.register` is Hydra's public way to add a plugin by hand. A scan that did find the
+    package imported its own copy of this class (outside `sys.modules`, see above); that copy
+    is kept, so the launcher is not listed twice (`run.py --info plugins`).
     """
     from hydra.core.plugins import Plugins
 
+    plugins = Plugins.instance()
     name = f"{StackedLauncher.__module__}.{StackedLauncher.__qualname__}"
-    Plugins.instance().class_name_to_class.setdefault(name, StackedLauncher)
+    if all(f"{found.__module__}.{found.__qualname__}" != name for found in plugins.discover(Launcher)):
+        plugins.register(StackedLauncher)
