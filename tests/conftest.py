@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra_plugins.lenet5_stacked_launcher.stacked_launcher import register as register_stacked_launcher
 
 from lenet5.config import PROJECT_DIR
 from lenet5.presets import compose_config
+
+# The tests compose and launch in-process, as the entry points do: hydra/launcher=stacked first.
+register_stacked_launcher()
 
 SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
 

@@ -201,9 +201,9 @@ def test_an_exported_tracking_uri_comes_back_after_the_block(no_tracking_uri, mo
 
 
 def test_the_stacked_launcher_is_registered_once_under_its_target():
-    import lenet5.config  # noqa: F401  (registers the launcher)
     from hydra_plugins.lenet5_stacked_launcher.stacked_launcher import StackedLauncherConf, register
 
+    register()
     register()  # a second call changes nothing
     target = StackedLauncherConf._target_
     launchers = [c for c in Plugins.instance().discover(Launcher) if f"{c.__module__}.{c.__name__}" == target]

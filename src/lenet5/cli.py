@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
+from hydra_plugins.lenet5_stacked_launcher.stacked_launcher import register as register_stacked_launcher
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -166,6 +167,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    register_stacked_launcher()  # hydra/launcher=stacked, before anything composes
     try:
         check_command_line(sys.argv[1:])
     except ConfigError as err:

@@ -288,10 +288,6 @@ def _register() -> None:
     cs.store(name="schema", node=Config)
     cs.store(group="loss", name="schema", node=LossConfig)
     cs.store(group="optim", name="schema", node=OptimConfig)
-    # hydra/launcher=stacked (its module stores its own config node when imported).
-    from hydra_plugins.lenet5_stacked_launcher.stacked_launcher import register
-
-    register()
 
 
 _register()

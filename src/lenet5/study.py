@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra_plugins.lenet5_stacked_launcher.stacked_launcher import register as register_stacked_launcher
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -701,6 +702,7 @@ IMAGES_PER_CORE_SECOND = 1_100
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    register_stacked_launcher()  # hydra/launcher=stacked, before anything composes
     if not argv or any(arg in ("-h", "--help") for arg in argv):
         print(usage())
         if argv:

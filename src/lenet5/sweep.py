@@ -94,24 +94,8 @@ class MLflowSweepCallback(Callback):
             )
             failed_jobs[:] = [run.info.run_name for run in failed]
             client.set_tag(parent, "sweep.failed_jobs", str(len(failed_jobs)))
-            self._attach_summary()
         finally:
             client.set_terminated(parent, "FINISHED")  # whatever happened, never left RUNNING
-
-    def _attach_summary(self) -> None:
-        """The sweep's results tables and plots, as artifacts of the parent run."""
-        from analysis.report import write_report
-        from analysis.runs import ReportError
-
-        out = self.sweep_dir / "report"
-        try:
-            files = write_report(self.uri, self.experiment, out, sweep_id=self.sweep_id)
-        except ReportError as err:  # e.g. every job failed: nothing to summarise
-            self.client.set_tag(self.parent_run_id, "summary_error", str(err))
-            return
-        for path in files.values():
-            self.client.log_artifact(self.parent_run_id, str(path), "summary")
-        print(f"sweep {self.sweep_id}: summary in {out} and on parent run {self.parent_run_id}")
 
 
 def sweep_context() -> dict[str, str] | None:

@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
 from omegaconf import DictConfig, open_dict, read_write
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ class StackedLauncherConf:
     _target_: str = "hydra_plugins.lenet5_stacked_launcher.stacked_launcher.StackedLauncher"
     #: The most models one process trains side by side (1: every job alone, as the basic launcher).
     models_per_process: int = 16
+    #: The task of a group of stackable jobs (their configs -> their test errors), named rather
+    #: than imported so that this plugin depends on no entry point of the suite.
+    stack_task: str = "lenet5.cli.stack_task"
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="lenet5")
@@ -48,9 +52,10 @@ def job_config(sweep_config: DictConfig) -> DictConfig:
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, models_per_process: int = 16) -> None:
+    def __init__(self, models_per_process: int = 16, stack_task: str = "lenet5.cli.stack_task") -> None:
         super().__init__()
         self.models_per_process = models_per_process
+        self.stack_task = stack_task
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -59,8 +64,9 @@ class StackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from lenet5.cli import stack_task  # the suite's task function for a group
-        from lenet5.grouping import partition
+        from lenet5.grouping import partition  # deferred: it brings MLflow and Lightning, which a plugin scan need not load
+
+        stack_task = get_method(self.stack_task)
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
@@ -101,7 +107,8 @@ def register() -> None:
     Hydra finds plugins by walking the `hydra_plugins` namespace with pkgutil; a wheel install
     is found that way, but an editable install (what `make` does) maps this package through an
     import hook that pkgutil cannot list, so the scan misses it although it imports fine. The
-    suite calls this when `lenet5.config` is imported, before Hydra composes or launches.
+    suite's entry points (`lenet5.cli.main`, `lenet5.study.main`) call this before Hydra
+    composes or launches.
 
     `Plugins.register` is Hydra's public way to add a plugin by hand. A scan that did find the
     package imported its own copy of this class (outside `sys.modules`, see above); that copy
