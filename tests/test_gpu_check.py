@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch.func import vmap
 
 from lenet5.config import PROJECT_DIR
 
-PARTS = ["environment", "paper", "modern", "stacking", "agreement", "tracking", "projection"]
+PARTS = ["environment", "paper", "modern", "stacking", "projection", "agreement", "tracking"]
 
 
 def gpu_check(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -88,12 +90,39 @@ def test_a_dry_run_without_out_is_refused(tmp_path):
     assert "a dry run (--tiny or --device cpu) needs --out: it never writes into results/" in done.stderr
 
 
-def test_the_projection_interpolates_a_stack_size_between_the_measured_ones(monkeypatch):
+@pytest.fixture
+def script(monkeypatch):
+    """benchmarks/gpu_check.py as a module."""
     spec = importlib.util.spec_from_file_location("gpu_check", PROJECT_DIR / "benchmarks" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_projection_interpolates_a_stack_size_between_the_measured_ones(script):
+    module = script
     points = {1: 10.0, 4: 13.0, 16: 25.0}
     assert module.interpolate(points, 2) == 11.0
     assert module.interpolate(points, 4) == 13.0
     assert module.interpolate(points, 32) == 41.0  # beyond the last: the line through the last two
+
+
+class Layers:
+    """n tanh layers: each n another architecture, as each stack of sweep=factorial is."""
+
+    def __init__(self, n: int):
+        self.net = torch.nn.Sequential(*[torch.nn.Tanh() for _ in range(n)])
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_the_watch_sees_dynamo_give_up_compiling_a_vmapped_function(script):
+    """The stacks' compiled functions are torch.func.vmap's one wrapper: after 8 compilations of
+    other architectures Dynamo runs it eagerly, with one log record, which the check reports."""
+    with script.compiler_watch() as seen:
+        for n in range(1, 11):
+            torch.compile(vmap(Layers(n).forward), backend="eager")(torch.ones(3, 2))
+    (fallback,) = script.compile_fallbacks(seen)
+    assert "recompile_limit" in fallback and "'wrapped'" in fallback
