@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast report ui clean-venv
+.PHONY: run test test-fast report ui clean-venv gpu-carry gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,25 @@ ui: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The GPU check (docs/gpu-check.md). The device machine's image has torch but not Hydra or MLflow:
+# they travel as wheels for its Python 3.12, with MNIST, in .gpu-carry/ (git-ignored).
+GPU_CARRY    := .gpu-carry
+GPU_PYTHON   ?= python3
+GPU_REQUIREMENTS := benchmarks/gpu_requirements.txt
+GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64 --platform manylinux1_x86_64
+
+## Fetch what the GPU check carries to the device machine: the wheels of benchmarks/gpu_requirements.txt, MNIST packed
+gpu-carry:
+	rm -rf $(GPU_CARRY) && mkdir -p $(GPU_CARRY)/wheels
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) \
+		-d $(GPU_CARRY)/wheels $$(grep -Ev '^(#|$$|antlr4)' $(GPU_REQUIREMENTS))
+	$(PYTHON) -m pip wheel --quiet --no-deps -w $(GPU_CARRY)/wheels $$(grep -E '^antlr4' $(GPU_REQUIREMENTS))
+	tar -czf $(GPU_CARRY)/MNIST.tar.gz -C $${MNIST_ROOT:-../shared/data} MNIST/raw
+	@echo "wheels: $$(ls $(GPU_CARRY)/wheels | wc -l) files, $$(cat $(GPU_CARRY)/wheels/*.whl | wc -c) bytes; MNIST: $$(wc -c < $(GPU_CARRY)/MNIST.tar.gz) bytes"
+	@echo "working tree (tracked): $$(git ls-files -z | xargs -0 cat | wc -c) bytes; with untracked, not ignored: $$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 cat | wc -c) bytes (limit with the carried: 64 MiB)"
+
+## The GPU check, on a machine with a GPU: results/gpu_check.{md,csv,log} (dry run: make gpu-check ARGS="--device cpu --tiny --out /tmp/x")
+gpu-check:
+	GPU_PYTHON=$(GPU_PYTHON) bash benchmarks/gpu_check.sh $(ARGS)
