@@ -135,7 +135,8 @@ def test_jobs_differing_in_seed_and_rate_share_a_stack_and_others_do_not():
 def test_a_stack_killed_before_its_first_commit_is_trained_again_in_new_runs(store):
     """Runs with no checkpoint yet (killed in pass 1) have nothing to continue from: the next
     launch marks them KILLED and starts anew (tests/test_stacked_resume.py: killed later)."""
-    from lenet5.tracking import config_hash, get_or_create_experiment, run_tags
+    from lenet5.identity import config_hash, run_tags
+    from lenet5.tracking import get_or_create_experiment
 
     cfgs = job_configs(store, "killed", ["experiment=modern", "data.batch_size=32"], [["seed=0"], ["seed=1"]], 1)
     client = mlflow.MlflowClient(store)

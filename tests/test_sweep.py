@@ -14,7 +14,7 @@ import pytest
 
 from lenet5.cli import job_overrides
 from lenet5.config import PROJECT_DIR
-from lenet5.tracking import config_hash, flatten_config
+from lenet5.identity import config_hash, flatten_config
 
 from .conftest import compose, run_cli, small_overrides
 

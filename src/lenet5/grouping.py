@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from .tracking import flatten_config
+from .identity import flatten_config
 
 #: Keys whose values may differ between the models of one stack: each model carries its own.
 STACKABLE_KEYS = ("seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.mu")

@@ -44,6 +44,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError
+from .identity import config_hash
 from .store import sqlite_path
 
 PASS_TAG = "resume.pass"  # last pass whose metrics and checkpoint are committed
@@ -158,7 +159,6 @@ def resumable_run(client: MlflowClient, experiment_id: str, job_hash: str):
 def pending_checkpoint(cfg: Any) -> str | None:
     """The artifact path (`checkpoints/slot<k><suffix>`) of the checkpoint job `cfg` would
     resume from, or None (nothing to resume, or `tracking.resume` false). Reads only."""
-    from .tracking import config_hash
 
     if not cfg.tracking.resume:
         return None

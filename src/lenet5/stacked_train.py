@@ -50,7 +50,8 @@ from .resume import (
     download_checkpoint, pending_checkpoint,
 )  # fmt: skip
 from .stacked import StackedTraining
-from .tracking import TrackedRun, config_hash, end_run, open_run, run_name
+from .identity import config_hash, run_name
+from .tracking import TrackedRun, end_run, open_run
 
 
 def training_device(cfg: Any) -> torch.device:

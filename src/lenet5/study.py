@@ -200,7 +200,7 @@ def variants_of(run_args: list[str]) -> list[Variant]:
     each once whatever its seeds; raises ConfigError for a key the study owns."""
     from .cli import job_overrides
     from .presets import compose_config, preset_factors
-    from .tracking import run_name
+    from .identity import run_name
 
     check_owned(run_args)
     jobs, _ = job_overrides(["-m", *run_args])
@@ -245,7 +245,7 @@ class Job:
 
 def _hash_of(overrides: list[str]) -> str:
     from .presets import compose_config
-    from .tracking import config_hash
+    from .identity import config_hash
 
     return config_hash(compose_config(overrides))
 
@@ -317,7 +317,7 @@ class Study:
 
     def open_parent(self) -> str:
         """The study's parent run (created once, found again by its id on a re-run), RUNNING."""
-        from .tracking import flatten_config
+        from .identity import flatten_config
 
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.study_id = '{self.study_id}' and tags.`{STUDY_PARENT_TAG}` = 'true'", max_results=1

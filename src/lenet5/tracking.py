@@ -7,8 +7,6 @@ KILLED on Ctrl-C. Lightning's MLFlowLogger attaches to the run only to send metr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -16,71 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import pandas as pd
 from lightning.pytorch.loggers import Logger
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
-from .config import KEYS_ADDED_LATER, factor_values, is_scientific_key
+from .identity import config_hash, run_tags
 from .provenance import source_tags
+from .resume import claim_run, yield_to_earlier_launch
 from .store import artifact_location
-
-#: Short names used in run names, e.g. "paper pool=max act=relu seed=1".
-FACTOR_SHORT_NAMES = {"activation": "act", "activation_at": "act_at", "preprocess": "input"}
-
-
-def plain_config(cfg: Any) -> dict:
-    """The resolved config as plain Python (enums as their names)."""
-    return json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
-
-
-def flatten_config(cfg: Any) -> dict[str, str]:
-    """{"model.pool": "subsample", "optim.lr": "0.01", ...}: the config as MLflow params."""
-    flat = pd.json_normalize(plain_config(cfg), sep=".").iloc[0].to_dict()
-    return {key: json.dumps(value) if isinstance(value, list) else str(value) for key, value in flat.items()}
-
-
-def config_hash(cfg: Any, *, include_seed: bool = True) -> str:
-    """Short hash of everything that changes what is trained (seed optional).
-
-    Two runs with the same hash trained the same variant on the same data with the same
-    recipe; `include_seed=False` groups the seeds of one variant. A key of `KEYS_ADDED_LATER`
-    at its earlier value is left out, so runs recorded before it existed keep their hash.
-    """
-    flat = flatten_config(cfg)
-    kept = {
-        key: value
-        for key, value in flat.items()
-        if is_scientific_key(key) and (include_seed or key != "seed") and KEYS_ADDED_LATER.get(key) != value
-    }
-    return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def run_name(cfg: Any, preset_factors: dict[str, str] | None = None) -> str:
-    """"<experiment> <factor>=<value>... seed=<n>", listing only the factors that differ
-    from the preset's own choices (`preset_factors`), never a random name."""
-    differing = {
-        factor: value
-        for factor, value in factor_values(cfg).items()
-        if preset_factors is None or preset_factors.get(factor) != value
-    }
-    parts = [str(cfg.experiment)]
-    parts += [f"{FACTOR_SHORT_NAMES.get(factor, factor)}={value}" for factor, value in differing.items()]
-    parts.append(f"seed={cfg.seed}")
-    return " ".join(parts)
-
-
-def run_tags(cfg: Any) -> dict[str, str]:
-    tags = {f"ablation.{factor}": value for factor, value in factor_values(cfg).items()}
-    tags["ablation.experiment"] = str(cfg.experiment)
-    tags["ablation.variant"] = str(cfg.variant)
-    tags["seed"] = str(cfg.seed)
-    tags["config_hash"] = config_hash(cfg)
-    tags["variant_hash"] = config_hash(cfg, include_seed=False)
-    return tags
-
 
 #: MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it holds
 #: model training ("custom_model_development"; the alternative is "genai_development").
@@ -233,8 +175,6 @@ class TrackedRun:
 def open_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, claim=None, resume: bool | None = None) -> TrackedRun:
     """Create (or, with a `resume.JobClaim`, take over) the MLflow run for `cfg`, RUNNING.
     `resume` (default `tracking.resume`) false: never continue an unfinished run, start anew."""
-    from .resume import claim_run, yield_to_earlier_launch
-
     uri = cfg.tracking.uri
     client = MlflowClient(tracking_uri=uri)
     experiment_id = get_or_create_experiment(client, cfg.tracking.experiment, artifact_location(uri, cfg.tracking.artifact_root))

@@ -29,7 +29,8 @@ from .resume import (
 )  # fmt: skip
 from .sweep import find_finished, reuse_finished, sweep_context
 from .store import check_store
-from .tracking import TrackedRun, config_hash, flatten_config, run_name, tracked_run
+from .identity import config_hash, flatten_config, run_name
+from .tracking import TrackedRun, tracked_run
 from .validate import check_config
 
 
