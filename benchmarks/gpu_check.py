@@ -244,7 +244,8 @@ def fit(cfg, metrics: tuple[str, ...] = ()) -> Fit:
     import lightning as L
 
     from lenet5.callbacks import EpochThroughput
-    from lenet5.train import make_trainer, prepare
+    from lenet5.jobs import prepare
+    from lenet5.train import make_trainer
 
     class PerPass(L.Callback):
         """After EpochThroughput (which has synchronised): each pass's seconds; and each pass's
@@ -288,7 +289,7 @@ def stack_passes(ctx: Context, k: int, images: int, compile_setting: str) -> tup
 
     from lenet5.stacked import StackedTraining
     from lenet5.stacked_train import training_device
-    from lenet5.train import prepare
+    from lenet5.jobs import prepare
 
     cfgs = [
         job(ctx, "experiment=paper", seed=s, data__train_subset=images, data__test_subset=ctx.sizes.test_images,

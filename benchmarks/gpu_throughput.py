@@ -87,7 +87,7 @@ def plain_loop(cfg, device: torch.device) -> float:
 
 def suite(cfg, folder: Path) -> float:
     """Seconds of pass 2 of `train.train` (its logged `epoch_time_s`)."""
-    from lenet5.train import train
+    from lenet5.jobs import train
 
     store = f"sqlite:///{folder / 'mlflow.db'}"
     cfg.tracking.uri, cfg.tracking.artifact_root, cfg.tracking.experiment = store, str(folder / "artifacts"), f"bench{time.time_ns()}"
@@ -98,7 +98,7 @@ def suite(cfg, folder: Path) -> float:
 def stacked(cfgs, device: torch.device) -> float:
     """Seconds of pass 2 of K models trained as one stack."""
     from lenet5.stacked import StackedTraining
-    from lenet5.train import prepare
+    from lenet5.jobs import prepare
 
     prepared = [prepare(c, check_data=i == 0, check_tracking=False) for i, c in enumerate(cfgs)]
     data = prepared[0][0]

@@ -27,7 +27,7 @@ from pathlib import Path
 import mlflow
 
 from lenet5.presets import compose_config
-from lenet5.train import train
+from lenet5.jobs import train
 
 PASS = 60_000
 

@@ -24,7 +24,7 @@ from analysis.stats import factor_table, holm, variant_table
 from lenet5.config import PROJECT_DIR
 from lenet5.presets import preset_factors
 from lenet5.identity import flatten_config, run_name, run_tags
-from lenet5.train import train
+from lenet5.jobs import train
 
 from .conftest import compose, small_overrides
 

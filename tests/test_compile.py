@@ -9,7 +9,7 @@ import torch
 import lenet5.compile as compile_module
 from lenet5.compile import compile_mode
 from lenet5.config import ConfigError
-from lenet5.train import prepare
+from lenet5.jobs import prepare
 
 from .conftest import compose
 

@@ -7,7 +7,7 @@ import torch
 
 from lenet5.data import load_mnist_split, preprocess
 from lenet5.distortions import DistortedBatches, distort
-from lenet5.train import train
+from lenet5.jobs import train
 
 from .conftest import compose, small_overrides
 

@@ -15,7 +15,7 @@ from lenet5.config import ConfigError
 from lenet5.data import FASHION_MNIST_SHA256, MNISTDataModule, ensure_mnist, load_mnist_split, preprocess
 from lenet5.presets import preset_factors
 from lenet5.identity import config_hash, run_name
-from lenet5.train import train
+from lenet5.jobs import train
 
 from .conftest import compose, run_cli, small_overrides
 

@@ -13,7 +13,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from lenet5.stacked import StackedTraining
-from lenet5.train import make_trainer, prepare
+from lenet5.jobs import prepare
+from lenet5.train import make_trainer
 
 from .conftest import compose
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lenet5 import inspect_run
-from lenet5.train import train
+from lenet5.jobs import train
 
 from .conftest import compose, small_overrides
 

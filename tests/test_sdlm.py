@@ -15,7 +15,8 @@ from lenet5.model.lenet5 import LeNet5
 from lenet5.optim import make_optimizer, make_schedule
 from lenet5.sdlm import SDLM, gauss_newton_diagonal, paper_eta
 from lenet5.tracking import get_or_create_experiment
-from lenet5.train import make_trainer, prepare, train
+from lenet5.jobs import prepare, train
+from lenet5.train import make_trainer
 
 from .conftest import compose, small_overrides
 

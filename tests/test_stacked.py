@@ -16,8 +16,7 @@ import torch
 
 from lenet5.grouping import partition, stack_key
 from lenet5.inspect_run import load_network
-from lenet5.stacked_train import train_stack
-from lenet5.train import prepare, train
+from lenet5.jobs import prepare, train, train_stack
 
 from .conftest import compose, small_overrides
 

@@ -18,8 +18,7 @@ import torch
 
 from lenet5.inspect_run import load_network
 from lenet5.resume import CHECKPOINT_TAG, PASS_TAG
-from lenet5.stacked_train import train_stack
-from lenet5.train import prepare
+from lenet5.jobs import prepare, train_stack
 
 from .conftest import compose, run_cli, small_overrides
 from .test_resume import TIMING_METRICS, _launch, _runs, _wait_for
@@ -157,7 +156,7 @@ def test_members_stopped_at_different_passes_resume_as_stacks_of_their_own_pass(
 def test_a_job_killed_in_a_stack_is_resumed_by_a_single_run_launch(reference, monkeypatch, capsys):
     """A member's checkpoint holds that model alone: `train` (one job, no sweep) continues it,
     as a stack of one, in its own run, rather than loading it as a Lightning checkpoint."""
-    from lenet5.train import train
+    from lenet5.jobs import train
 
     store, whole = reference
     cfgs = [compose(*_overrides(store, "alone"), f"seed={seed}") for seed in SEEDS]

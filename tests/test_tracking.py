@@ -13,7 +13,7 @@ from lenet5.config import PROJECT_DIR
 from lenet5.data import MNISTDataModule
 from lenet5.provenance import mnist_inputs
 from lenet5.tracking import get_or_create_experiment
-from lenet5.train import train
+from lenet5.jobs import train
 
 from .conftest import compose, small_overrides
 

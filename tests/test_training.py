@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 from scipy.stats import binomtest
 
-from lenet5.train import prepare, train
+from lenet5.jobs import prepare, train
 
 from .conftest import compose, small_overrides
 

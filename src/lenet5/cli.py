@@ -109,7 +109,7 @@ def check_command_line(argv: list[str]) -> None:
     # Stores first: their check needs no torch, so a bad one is refused in a second or two.
     for uri, experiment in dict.fromkeys((str(c.tracking.uri), str(c.tracking.experiment)) for c in configs):
         check_store(uri, experiment)
-    from .train import prepare  # torch and Lightning: only once the command line parses
+    from .jobs import prepare  # torch and Lightning: only once the command line parses
 
     checked_data: set[tuple[str, bool]] = set()
     for cfg in configs:
@@ -133,7 +133,7 @@ def _quiet_lightning() -> None:
 def stack_task(cfgs: list[DictConfig]) -> list[float]:
     """The task of a group of stackable jobs (`hydra/launcher=stacked`): their test errors (%).
     A failure is recorded in the runs it concerns and printed; the sweep goes on, as for one job."""
-    from .stacked_train import train_stack
+    from .jobs import train_stack
 
     _quiet_lightning()
     try:
@@ -145,7 +145,7 @@ def stack_task(cfgs: list[DictConfig]) -> list[float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
-    from .train import train  # heavy imports after Hydra has parsed the command line
+    from .jobs import train  # heavy imports after Hydra has parsed the command line
 
     _quiet_lightning()
     from .resume import JobBusy

@@ -41,16 +41,14 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, select
-from .grouping import stack_key
+from .config import ConfigError
 from .model.counts import counts_table
-from .presets import preset_factors
+from .recording import job_result, record_outcome, record_setup
 from .resume import (
-    CHECKPOINT_TAG, LIGHTNING_SUFFIX, PASS_TAG, STACK_MEMBER_SUFFIX, JobBusy, JobClaim, commit_pass, delete_checkpoints,
-    download_checkpoint, pending_checkpoint,
+    CHECKPOINT_TAG, PASS_TAG, STACK_MEMBER_SUFFIX, JobBusy, JobClaim, commit_pass, delete_checkpoints, download_checkpoint,
 )  # fmt: skip
 from .stacked import StackedTraining
-from .identity import config_hash, run_name
+from .identity import config_hash
 from .tracking import TrackedRun, end_run, open_run
 
 
@@ -62,38 +60,6 @@ def training_device(cfg: Any) -> torch.device:
     if accelerator == "mps":
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def train_stack(cfgs: list[Any]) -> list[dict[str, Any]]:
-    """Train the jobs `cfgs` (stackable: equal `grouping.stack_key`) side by side; one result
-    per job, as `train.train` returns it (a job another live process trains, and one whose
-    training failed, gets test_error nan)."""
-    from .train import prepare, sweep_membership, train
-
-    keys = {stack_key(c) for c in cfgs}
-    if len(keys) != 1:
-        raise ConfigError(f"these {len(cfgs)} jobs differ in more than seed and optimizer numbers and cannot train as one stack")
-    prepared = [prepare(c, check_data=i == 0, check_tracking=i == 0) for i, c in enumerate(cfgs)]
-    results: list[dict[str, Any] | None] = [None] * len(cfgs)
-    todo, alone = [], []
-    for i, (cfg, (_, module)) in enumerate(zip(cfgs, prepared)):
-        name = run_name(cfg, preset_factors(str(cfg.experiment)))
-        done, sweep_tags = sweep_membership(cfg, name)
-        pending = pending_checkpoint(cfg) if done is None else None
-        if done is not None:
-            results[i] = done
-        elif pending is not None and pending.endswith(LIGHTNING_SUFFIX):
-            alone.append(i)  # killed on the single-run path: it continues there, from its own checkpoint
-        else:
-            todo.append((i, name, sweep_tags, pending))
-    if len(todo) == 1 and todo[0][3] is None:  # a fresh stack of one is a single run: the ordinary path
-        alone.append(todo.pop()[0])
-    if todo:
-        for i, result in _train_members(cfgs, prepared, [t[:3] for t in todo]).items():
-            results[i] = result
-    for i in alone:
-        results[i] = train(cfgs[i])
-    return results  # type: ignore[return-value]
 
 
 @dataclass
@@ -111,8 +77,9 @@ class _Job:
         return self.state["pass"] if self.state is not None else 0
 
 
-def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
-    from .train import job_result, log_distortions, log_network, log_test_artifacts, record_setup
+def train_members(cfgs: list[Any], prepared: list[tuple[Any, Any]], todo: list[tuple[int, str, dict[str, str]]]) -> dict[int, dict[str, Any]]:
+    """Train the jobs `todo` names ((index in `cfgs`, run name, sweep tags)) as stacks, from
+    their `prepared` (datamodule, module); {index: result as `jobs.train` returns it}."""
 
     first_cfg = cfgs[todo[0][0]]
     device = training_device(first_cfg)
@@ -160,10 +127,7 @@ def _train_members(cfgs, prepared, todo) -> dict[int, dict[str, Any]]:
                 continue
             cfg, module = cfgs[i], prepared[i][1]
             try:
-                test_error = log_test_artifacts(run, cfg, module, datamodule) if cfg.data.test else float("nan")
-                if select(cfg, "data.augment") == "paper":
-                    log_distortions(run, datamodule)
-                log_network(run, module, datamodule)
+                test_error = record_outcome(run, cfg, module, datamodule)
             except Exception as err:
                 end_run(run, err)
                 results[i] = job_result(run.run_id, name, float("nan"), cfg)
