@@ -39,7 +39,7 @@ def test_png_is_written_and_logged_to_the_run(trained, inspected):
 
 def test_drawn_stages_are_the_networks_forward_pass(trained):
     uri, run_id = trained["tracking_uri"], trained["run_id"]
-    _, run = inspect_run.open_run(uri, run_id)
+    _, run = inspect_run.find_run(uri, run_id)
     image, label = inspect_run.load_test_image(run, INDEX)
     assert image.shape == (1, 1, 32, 32) and 0 <= label <= 9
     network = inspect_run.load_network(uri, run_id)

@@ -9,7 +9,7 @@ import lightning as L
 import matplotlib.pyplot as plt
 import torch
 
-from .plots import sdlm_steps_figure
+from .figures import sdlm_steps_figure
 from .sdlm import PAPER_PASS1_STEPS, SDLM, gauss_newton_diagonal
 
 

@@ -27,14 +27,14 @@ from mlflow.tracking import MlflowClient
 from .adapters import global_tracking_uri
 from .config import DEFAULT_TRACKING_URI, PROJECT_DIR, ConfigError
 from .data import MNIST_TEST_SIZE, ensure_mnist, load_mnist_split, preprocess
-from .plots import network_figure
+from .figures import network_figure
 
 
 class InspectError(Exception):
     """Bad input: the message is the one `error:` line the command prints."""
 
 
-def open_run(tracking_uri: str, run_id: str):
+def find_run(tracking_uri: str, run_id: str):
     """(client, run); InspectError for a missing store or an unknown run id."""
     # MLflow creates a missing SQLite file on first contact: a typo would leave an empty store behind.
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
@@ -107,7 +107,7 @@ def inspect_run(run_id: str, index: int, tracking_uri: str = DEFAULT_TRACKING_UR
 
     Returns {"png": Path, "artifact": "inspect/test_<index>.png", "label": int, "predicted": int}.
     """
-    client, run = open_run(tracking_uri, run_id)
+    client, run = find_run(tracking_uri, run_id)
     image, label = load_test_image(run, index)
     network = load_network(tracking_uri, run_id)
     if image.shape[-1] != network.input_size:  # the params and the model disagree: trust neither silently

@@ -19,7 +19,7 @@ from .distortions import distort
 from .identity import flatten_config
 from .model.lenet5 import CLASSES
 from .module import LeNet5Module
-from .plots import confusion_matrix_figure, distortions_figure, misclassified_figure
+from .figures import confusion_matrix_figure, distortions_figure, misclassified_figure
 from .provenance import mnist_inputs
 from .tracking import TrackedRun
 

@@ -39,16 +39,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
 
+from .callbacks import step_telemetry
 from .config import ConfigError
+from .figures import sdlm_steps_figure
+from .identity import config_hash
 from .model.counts import counts_table
 from .recording import job_result, record_outcome, record_setup
 from .resume import (
     CHECKPOINT_TAG, PASS_TAG, STACK_MEMBER_SUFFIX, JobBusy, JobClaim, commit_pass, delete_checkpoints, download_checkpoint,
 )  # fmt: skip
+from .sdlm import PAPER_PASS1_STEPS
 from .stacked import StackedTraining
-from .identity import config_hash
 from .tracking import TrackedRun, end_run, open_run
 
 
@@ -180,12 +184,6 @@ def _train(cfgs, prepared, datamodule, device, jobs: list[_Job]) -> set[int]:
     of each member as a single run does (checkpoint, then metrics and `resume.*` tags in one
     `log_batch`); the members (their index in `cfgs`) that trained to the end. A member whose
     loss became NaN ends FAILED, with no checkpoint of that pass."""
-    import matplotlib.pyplot as plt
-
-    from .callbacks import step_telemetry
-    from .plots import sdlm_steps_figure
-    from .sdlm import PAPER_PASS1_STEPS
-
     training = StackedTraining([cfgs[j.index] for j in jobs], [prepared[j.index][1] for j in jobs], datamodule, device)
     if jobs[0].state is not None:
         training.load_member_states([j.state for j in jobs])

@@ -123,9 +123,6 @@ class TrackedRun:
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-
     def log_inputs(self, datasets: list, attempts: int = 3) -> None:
         # Jobs of one sweep running side by side register the same dataset (experiment, name,
         # digest) at once; the store's unique key makes all but one fail. A retry finds the row
