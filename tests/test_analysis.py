@@ -26,7 +26,7 @@ from lenet5.presets import preset_factors
 from lenet5.identity import flatten_config, run_name, run_tags
 from lenet5.jobs import train
 
-from .conftest import compose, small_overrides
+from .helpers import compose, small_overrides
 
 EXPERIMENT = "ablation"
 SWEEP_ID = "sweep0001"

@@ -14,7 +14,7 @@ import torch
 from lenet5.cli import main
 from lenet5.config import PROJECT_DIR
 
-from .conftest import run_cli, small_overrides
+from .helpers import run_cli, small_overrides
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from lenet5.compile import compile_mode
 from lenet5.config import ConfigError
 from lenet5.jobs import prepare
 
-from .conftest import compose
+from .helpers import compose
 
 TINY = ["experiment=modern", "data.train_subset=64", "data.test_subset=64", "data.batch_size=32", "trainer.max_epochs=1"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lenet5.model.counts import counts_table
 from lenet5.model.lenet5 import LeNet5
 
-from .conftest import compose
+from .helpers import compose
 
 # The paper's (and the reference's) table: trainable params and connections per layer.
 PAPER = {

@@ -11,7 +11,7 @@ from lenet5.config import ConfigError
 from lenet5.batches import TensorBatches
 from lenet5.data import MNIST_SHA256, MNISTDataModule, ensure_mnist, load_mnist_split, preprocess
 
-from .conftest import compose
+from .helpers import compose
 
 
 def copy_mnist(src, dst):

@@ -9,7 +9,7 @@ from lenet5.data import load_mnist_split, preprocess
 from lenet5.distortions import DistortedBatches, distort
 from lenet5.jobs import train
 
-from .conftest import compose, small_overrides
+from .helpers import compose, small_overrides
 
 IDENTITY = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]])
 

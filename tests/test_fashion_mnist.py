@@ -17,7 +17,7 @@ from lenet5.presets import preset_factors
 from lenet5.identity import config_hash, run_name
 from lenet5.jobs import train
 
-from .conftest import compose, run_cli, small_overrides
+from .helpers import compose, run_cli, small_overrides
 
 
 @pytest.fixture(scope="module")

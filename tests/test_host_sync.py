@@ -16,7 +16,7 @@ from lenet5.stacked import StackedTraining
 from lenet5.jobs import prepare
 from lenet5.train import make_trainer
 
-from .conftest import compose
+from .helpers import compose
 
 #: Tensor operations that hand a value to Python (a device-to-host copy and a wait on a GPU).
 HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "cpu", "numpy", "__array__", "any", "all"}

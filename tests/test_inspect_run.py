@@ -9,7 +9,7 @@ import torch
 from lenet5 import inspect_run
 from lenet5.jobs import train
 
-from .conftest import compose, small_overrides
+from .helpers import compose, small_overrides
 
 INDEX = 7
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

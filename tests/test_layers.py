@@ -14,7 +14,7 @@ from lenet5.model.lenet5 import LeNet5
 from lenet5.model.pooling import Subsampling
 from lenet5.model.rbf import RBFOutput, load_digit_bitmaps
 
-from .conftest import SHARED_DATA, compose
+from .helpers import SHARED_DATA, compose
 
 REFERENCE = SHARED_DATA.parent / "reference"
 

@@ -3,11 +3,11 @@
 A redesign of training (the Lightning path, train.py + module.py; the stacked path,
 stacked.py + stacked_train.py behind `hydra/launcher=stacked`; trainer.compile) must leave
 every number as it is. This file launches short real runs through the real entry point
-(`python run.py ...` in subprocesses, `conftest.run_cli`), all into one real SQLite MLflow
+(`python run.py ...` in subprocesses, `helpers.run_cli`), all into one real SQLite MLflow
 store with its artifacts in a temp dir, reads each run back with MlflowClient, and compares
 with the committed reference `tests/data/numerics_reference.json`, exactly: every logged
 metric's whole history (step -> value; floats compared as floats, stored by their repr, which
-round-trips) except the timing metrics (`test_resume.TIMING_METRICS`), plus a SHA-256 of the
+round-trips) except the timing metrics (`helpers.TIMING_METRICS`), plus a SHA-256 of the
 trained weights the run logged as its MLflow model.
 
 What is pinned: 100 training images, 2 passes (so SDLM's second h_kk estimate, the per-pass
@@ -83,9 +83,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from .conftest import run_cli
-from .test_resume import TIMING_METRICS, _overrides
-from .test_stacked import history, weights
+from .helpers import TIMING_METRICS, history, run_cli, short_overrides, weights
+
 
 REFERENCE = Path(__file__).parent / "data" / "numerics_reference.json"
 WRITE = os.environ.get("NUMERICS_WRITE") == "1"
@@ -229,7 +228,7 @@ class Launches:
     def _launch(self, name: str) -> None:
         started, output = time.perf_counter(), ""
         for args, _ in LAUNCHES[name]:
-            done = run_cli(*args, *_overrides(self.store, name, passes=PASSES, subset=TRAIN), cwd=self.folder, timeout=900)
+            done = run_cli(*args, *short_overrides(self.store, name, passes=PASSES, subset=TRAIN), cwd=self.folder, timeout=900)
             assert done.returncode == 0, f"{name}: {' '.join(args)}\n{done.stderr[-3000:]}"
             output += done.stdout + done.stderr
         experiment = self.client.get_experiment_by_name(name)

@@ -9,7 +9,7 @@ import pytest
 
 from lenet5.config import PROJECT_DIR
 
-from .conftest import assert_tables_rebuild_from_runs_csv
+from .helpers import assert_tables_rebuild_from_runs_csv
 
 PUBLISHED = sorted(path.parent for path in (PROJECT_DIR / "results" / "ablation").glob("*/runs.csv"))
 

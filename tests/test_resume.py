@@ -13,43 +13,11 @@ import time
 import mlflow
 import pytest
 
-from lenet5.config import PROJECT_DIR
 from lenet5.resume import CHECKPOINT_TAG, HEARTBEAT_TAG, OWNER_TAG, PASS_TAG, STALE_HEARTBEATS, owner_alive
 
-from .conftest import run_cli, small_overrides
+from .helpers import TIMING_METRICS, experiment_runs, launch, run_cli, short_overrides, wait_for
 
 #: Metrics that measure the machine, not the training: they differ between any two runs.
-TIMING_METRICS = {"epoch_time_s", "train_images_per_s", "checkpoint_s"}
-
-
-def _overrides(store: str, experiment: str, passes: int = 3, subset: int = 600) -> list[str]:
-    small = [o for o in small_overrides(store, experiment, subset=subset) if not o.startswith(("trainer.max_epochs", "data.test_subset"))]
-    return [*small, f"trainer.max_epochs={passes}", "data.test_subset=500"]
-
-
-def _launch(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(PROJECT_DIR / "run.py"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-
-
-def _runs(store: str, experiment: str) -> list:
-    client = mlflow.MlflowClient(store)
-    found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id]) if found else []
-
-
-def _wait_for(condition, timeout: float = 240.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _freeze_between_writes(job: subprocess.Popen, store: str) -> None:
     """SIGSTOP `job` at a moment it holds no lock on its SQLite store. Frozen mid-write it would
     keep the store locked, and every other process, a second launch included, would wait on it."""
@@ -68,7 +36,7 @@ def _freeze_between_writes(job: subprocess.Popen, store: str) -> None:
         finally:
             probe.close()
 
-    _wait_for(frozen_outside_a_write, what="a moment the job holds no lock on the store")
+    wait_for(frozen_outside_a_write, what="a moment the job holds no lock on the store")
 
 
 def _history(store: str, run) -> dict[str, list[tuple[int, float]]]:
@@ -81,31 +49,31 @@ def _history(store: str, run) -> dict[str, list[tuple[int, float]]]:
 
 
 def _committed_pass(store: str, experiment: str) -> int:
-    runs = _runs(store, experiment)
+    runs = experiment_runs(store, experiment)
     return int(runs[0].data.tags.get(PASS_TAG, 0)) if runs else 0
 
 
 @pytest.mark.slow
 def test_sigkill_in_the_second_pass_resumes_to_the_uninterrupted_history(store):
-    whole = run_cli(*_overrides(store, "whole"))
+    whole = run_cli(*short_overrides(store, "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    job = _launch(*_overrides(store, "killed"))
+    job = launch(*short_overrides(store, "killed"))
     try:
-        _wait_for(lambda: _committed_pass(store, "killed") >= 1, what="pass 1 to be committed")  # pass 2 has begun
+        wait_for(lambda: _committed_pass(store, "killed") >= 1, what="pass 1 to be committed")  # pass 2 has begun
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
-    (ghost,) = _runs(store, "killed")
+    (ghost,) = experiment_runs(store, "killed")
     committed = int(ghost.data.tags[PASS_TAG])
     assert ghost.info.status == "RUNNING" and committed < 3  # killed mid-training: the ghost a kill leaves
 
-    again = run_cli(*_overrides(store, "killed"))
+    again = run_cli(*short_overrides(store, "killed"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resume: run {ghost.info.run_id} from pass {committed} of 3" in again.stdout
 
-    (resumed,) = _runs(store, "killed")  # the same run, not a second one
-    (reference,) = _runs(store, "whole")
+    (resumed,) = experiment_runs(store, "killed")  # the same run, not a second one
+    (reference,) = experiment_runs(store, "whole")
     assert resumed.info.run_id == ghost.info.run_id and resumed.info.status == "FINISHED"
     history, expected = _history(store, resumed), _history(store, reference)
     assert history == expected  # every value at every pass, to the last digit
@@ -118,23 +86,23 @@ def test_sigkill_in_the_second_pass_resumes_to_the_uninterrupted_history(store):
 
 @pytest.mark.slow
 def test_a_second_launch_of_a_running_job_is_refused_and_a_death_in_pass_one_leaves_no_ghost(store):
-    job = _launch(*_overrides(store, "busy", passes=1))
+    job = launch(*short_overrides(store, "busy", passes=1))
     try:
-        _wait_for(lambda: _runs(store, "busy"), what="the run to be created")
+        wait_for(lambda: experiment_runs(store, "busy"), what="the run to be created")
         _freeze_between_writes(job, store)  # frozen in pass 1, job lock held: "still training", however fast the machine
-        second = run_cli(*_overrides(store, "busy", passes=1))
+        second = run_cli(*short_overrides(store, "busy", passes=1))
         assert second.returncode == 2
         (line,) = second.stderr.strip().splitlines()
         assert "being trained by" in line and f":{job.pid}:" in line
     finally:
         job.send_signal(signal.SIGKILL)  # in pass 1: before any checkpoint
         job.wait()
-    (ghost,) = _runs(store, "busy")
+    (ghost,) = experiment_runs(store, "busy")
     assert ghost.info.status == "RUNNING" and CHECKPOINT_TAG not in ghost.data.tags
 
-    again = run_cli(*_overrides(store, "busy", passes=1))
+    again = run_cli(*short_overrides(store, "busy", passes=1))
     assert again.returncode == 0, again.stderr[-3000:]
-    statuses = {r.info.run_id: r.info.status for r in _runs(store, "busy")}
+    statuses = {r.info.run_id: r.info.status for r in experiment_runs(store, "busy")}
     assert statuses.pop(ghost.info.run_id) == "KILLED"  # not left RUNNING
     assert list(statuses.values()) == ["FINISHED"]  # the job ran again, in a run of its own
 
@@ -167,14 +135,14 @@ def test_submitit_sweep_loses_nothing_and_a_killed_job_resumes_on_rerun(tmp_path
     runs the same code). One job is killed -9 in its second pass; the same command again
     skips the finished job and continues the killed one in its own run."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = ["-m", "hydra/launcher=submitit_local", "seed=0,1", *_overrides(store, "submitit", passes=3, subset=300),
+    command = ["-m", "hydra/launcher=submitit_local", "seed=0,1", *short_overrides(store, "submitit", passes=3, subset=300),
                f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
 
     def child(seed: int):
-        return next((r for r in _runs(store, "submitit") if r.data.tags.get("seed") == str(seed)), None)
+        return next((r for r in experiment_runs(store, "submitit") if r.data.tags.get("seed") == str(seed)), None)
 
-    sweep = _launch(*command)
-    victim = _wait_for(lambda: (r := child(1)) is not None and int(r.data.tags.get(PASS_TAG, 0)) >= 1 and r, what="job seed=1 to commit pass 1")
+    sweep = launch(*command)
+    victim = wait_for(lambda: (r := child(1)) is not None and int(r.data.tags.get(PASS_TAG, 0)) >= 1 and r, what="job seed=1 to commit pass 1")
     os.kill(int(victim.data.tags[OWNER_TAG].split(":")[1]), signal.SIGKILL)  # the job's own process
     sweep.communicate(timeout=300)
     ghost = child(1)
@@ -182,7 +150,7 @@ def test_submitit_sweep_loses_nothing_and_a_killed_job_resumes_on_rerun(tmp_path
 
     again = run_cli(*command)
     assert again.returncode == 0, again.stderr[-3000:]
-    runs = _runs(store, "submitit")
+    runs = experiment_runs(store, "submitit")
     parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
     children = [r for r in runs if "config_hash" in r.data.tags]
     assert len(parents) == 1 and len(children) == 2  # nothing duplicated

@@ -18,7 +18,7 @@ from lenet5.tracking import get_or_create_experiment
 from lenet5.jobs import prepare, train
 from lenet5.train import make_trainer
 
-from .conftest import compose, small_overrides
+from .helpers import compose, small_overrides
 
 
 def f6_state(model: LeNet5, params: dict, image: torch.Tensor) -> torch.Tensor:

@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from lenet5.grouping import partition, stack_key
-from lenet5.inspect_run import load_network
 from lenet5.jobs import prepare, train, train_stack
 
-from .conftest import compose, small_overrides
+from .helpers import compose, history, small_overrides, weights
 
 TRAIN, TEST = 300, 300
 #: (shared overrides, each job's own, passes)
@@ -39,15 +38,6 @@ CASES = {
 def job_configs(store: str, experiment: str, shared: list[str], jobs: list[list[str]], passes: int):
     small = [*small_overrides(store, experiment, subset=TRAIN), f"data.test_subset={TEST}", f"trainer.max_epochs={passes}"]
     return [compose(*shared, *small, *own) for own in jobs]
-
-
-def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
-def weights(store: str, run) -> dict[str, torch.Tensor]:
-    """The trained weights the run logged as its MLflow model."""
-    return {name: p.detach() for name, p in load_network(store, run.info.run_id).named_parameters()}
 
 
 @pytest.fixture(scope="module", params=list(CASES))

@@ -20,8 +20,8 @@ from lenet5.inspect_run import load_network
 from lenet5.resume import CHECKPOINT_TAG, PASS_TAG
 from lenet5.jobs import prepare, train_stack
 
-from .conftest import compose, run_cli, small_overrides
-from .test_resume import TIMING_METRICS, _launch, _runs, _wait_for
+from .helpers import TIMING_METRICS, compose, experiment_runs, launch, run_cli, small_overrides, wait_for
+
 
 TRAIN, TEST, PASSES, SEEDS = 300, 300, 3, (0, 1)
 SHARED = ["experiment=paper", "optim.curvature_samples=100"]  # SDLM with h_kk's running average
@@ -34,7 +34,7 @@ def _overrides(store: str, experiment: str) -> list[str]:
 
 def _members(store: str, experiment: str) -> dict[str, object]:
     """The sweep's job runs by seed (the sweep's parent run left out)."""
-    return {r.data.tags["seed"]: r for r in _runs(store, experiment) if "config_hash" in r.data.tags}
+    return {r.data.tags["seed"]: r for r in experiment_runs(store, experiment) if "config_hash" in r.data.tags}
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -91,10 +91,10 @@ def test_a_stack_killed_after_pass_one_resumes_in_its_runs_to_the_uninterrupted_
     command = ["-m", "hydra/launcher=stacked", f"seed={','.join(map(str, SEEDS))}", *_overrides(store, "killed"),
                f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
 
-    sweep = _launch(*command)
+    sweep = launch(*command)
     try:
         committed = lambda: (m := _members(store, "killed")) and len(m) == len(SEEDS) and all(int(r.data.tags.get(PASS_TAG, 0)) >= 1 for r in m.values())  # noqa: E731
-        _wait_for(committed, what="every member to commit pass 1")
+        wait_for(committed, what="every member to commit pass 1")
         sweep.send_signal(signal.SIGSTOP)  # frozen: the store holds what the kill will leave
         ghosts = _members(store, "killed")
     finally:
@@ -111,7 +111,7 @@ def test_a_stack_killed_after_pass_one_resumes_in_its_runs_to_the_uninterrupted_
         assert f"resume: run {ghost.info.run_id} from pass {passes[seed]} of {PASSES}" in again.stdout, again.stdout[-3000:]
 
     resumed = _members(store, "killed")
-    parents = [r for r in _runs(store, "killed") if r.data.tags.get("sweep.parent") == "true"]
+    parents = [r for r in experiment_runs(store, "killed") if r.data.tags.get("sweep.parent") == "true"]
     assert len(parents) == 1 and sorted(r.info.run_id for r in resumed.values()) == sorted(r.info.run_id for r in ghosts.values())
     exact = len(set(passes.values())) == 1  # resumed as the same stack (almost always: kills between two members' commits are rare)
     for seed, run in resumed.items():

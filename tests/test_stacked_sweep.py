@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from .conftest import run_cli, small_overrides
+from .helpers import run_cli, small_overrides
 
 
 def children(store: str, experiment: str):

@@ -19,7 +19,7 @@ import pytest
 from lenet5.config import PROJECT_DIR
 from lenet5.study import load_study_config, lr_grid, main, refined_rates
 
-from .conftest import assert_tables_rebuild_from_runs_csv, small_overrides
+from .helpers import assert_tables_rebuild_from_runs_csv, small_overrides
 
 EXPERIMENT = "fair"
 VARIANTS = {"paper": "sdlm", "paper optim=adam": "adam"}

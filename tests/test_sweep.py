@@ -16,7 +16,7 @@ from lenet5.cli import job_overrides
 from lenet5.config import PROJECT_DIR
 from lenet5.identity import config_hash, flatten_config
 
-from .conftest import compose, run_cli, small_overrides
+from .helpers import compose, run_cli, small_overrides
 
 SWEEP = ["-m", "model.pool=subsample,max", "model.c3=table,full", "seed=0,1"]
 

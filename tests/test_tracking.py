@@ -15,7 +15,7 @@ from lenet5.provenance import mnist_inputs
 from lenet5.tracking import get_or_create_experiment
 from lenet5.jobs import train
 
-from .conftest import compose, small_overrides
+from .helpers import compose, small_overrides
 
 FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", "optim", "preprocess")
 

@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from lenet5.jobs import prepare, train
 
-from .conftest import compose, small_overrides
+from .helpers import compose, small_overrides
 
 PRESETS = ["paper", "modern", "seed001_tutorial", "seed004_tf"]
 
