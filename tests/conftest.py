@@ -33,3 +33,14 @@ def mnist_root() -> Path:
 def store(tmp_path) -> str:
     """A fresh SQLite MLflow tracking URI in a temp dir (artifacts beside it)."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+#: Fixtures that train real runs or launch the CLI in subprocesses: a test that uses one is part
+#: of the slow tier whether or not it says so (`make test-fast` runs the rest).
+TRAINING_FIXTURES = {"study", "runs", "kept_store", "studied", "swept"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

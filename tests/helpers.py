@@ -40,8 +40,9 @@ def compose(*overrides: str):
     return compose_config(list(overrides))
 
 
-def run_cli(*args: str, cwd: Path = PROJECT_DIR, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python run.py ARGS` in a real subprocess."""
+def run_cli(*args: str, cwd: Path = PROJECT_DIR, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a real subprocess. The timeout is there to end a hang, not to time
+    the run: a run of 20 s alone took over 300 s beside a study and another test worker."""
     return subprocess.run(
         [sys.executable, str(PROJECT_DIR / "run.py"), *args],
         cwd=cwd,

@@ -243,6 +243,7 @@ def test_store_briefly_locked_by_another_writer_is_waited_for(tmp_path):
     assert time.monotonic() - started >= 6.0  # it did wait for the lock
 
 
+@pytest.mark.slow
 def test_help_is_the_suites_own_page(tmp_path):
     """`run.py --help`: every ablation factor with every choice the schema allows, the presets,
     and where the runs go; nothing trains and nothing is recorded."""

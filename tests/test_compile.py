@@ -13,6 +13,9 @@ from lenet5.jobs import prepare
 
 from .helpers import compose
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 TINY = ["experiment=modern", "data.train_subset=64", "data.test_subset=64", "data.batch_size=32", "trainer.max_epochs=1"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import mlflow
 import torch
 
@@ -10,6 +12,9 @@ from lenet5.distortions import DistortedBatches, distort
 from lenet5.jobs import train
 
 from .helpers import compose, small_overrides
+
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
 
 IDENTITY = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]])
 

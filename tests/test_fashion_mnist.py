@@ -19,6 +19,9 @@ from lenet5.jobs import train
 
 from .helpers import compose, run_cli, small_overrides
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def fashion_root(mnist_root):

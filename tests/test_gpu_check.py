@@ -18,6 +18,9 @@ from torch.func import vmap
 
 from lenet5.config import PROJECT_DIR
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 PARTS = ["environment", "paper", "modern", "stacking", "projection", "agreement", "tracking"]
 
 

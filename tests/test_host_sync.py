@@ -8,6 +8,8 @@ The epoch boundaries (NaN check, metric logging, SDLM telemetry) read once a pas
 
 from __future__ import annotations
 
+import pytest
+
 import lightning as L
 import torch
 from torch.overrides import TorchFunctionMode
@@ -17,6 +19,9 @@ from lenet5.jobs import prepare
 from lenet5.train import make_trainer
 
 from .helpers import compose
+
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
 
 #: Tensor operations that hand a value to Python (a device-to-host copy and a wait on a GPU).
 HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "cpu", "numpy", "__array__", "any", "all"}

@@ -11,6 +11,9 @@ from lenet5.jobs import train
 
 from .helpers import compose, small_overrides
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 INDEX = 7
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,6 +11,9 @@ from lenet5.config import PROJECT_DIR
 
 from .helpers import assert_tables_rebuild_from_runs_csv
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 PUBLISHED = sorted(path.parent for path in (PROJECT_DIR / "results" / "ablation").glob("*/runs.csv"))
 
 

@@ -13,6 +13,9 @@ from analysis.reproduction import BY_NAME, SYSTEMS, carry_over
 from analysis.reproduction import main as reproduction_main
 from lenet5.config import PROJECT_DIR
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def test_a_row_counts_only_runs_of_its_preset_variant_and_budget():
     runs = pd.DataFrame(

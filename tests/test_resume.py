@@ -17,6 +17,9 @@ from lenet5.resume import CHECKPOINT_TAG, HEARTBEAT_TAG, OWNER_TAG, PASS_TAG, ST
 
 from .helpers import TIMING_METRICS, experiment_runs, launch, run_cli, short_overrides, wait_for
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 #: Metrics that measure the machine, not the training: they differ between any two runs.
 def _freeze_between_writes(job: subprocess.Popen, store: str) -> None:
     """SIGSTOP `job` at a moment it holds no lock on its SQLite store. Frozen mid-write it would

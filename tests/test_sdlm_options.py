@@ -7,6 +7,9 @@ import pytest
 
 from analysis.sdlm_options import LAYERS, options_table
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def test_options_table_reads_pass_one_and_each_runs_last_completed_pass():
     settings = {"optim": "sdlm", "init": "lush", "model.init_gain": "None", "optim.mu": "0.02", "data.batch_size": "4",

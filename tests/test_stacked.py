@@ -19,6 +19,9 @@ from lenet5.jobs import prepare, train, train_stack
 
 from .helpers import compose, history, small_overrides, weights
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 TRAIN, TEST = 300, 300
 #: (shared overrides, each job's own, passes)
 CASES = {

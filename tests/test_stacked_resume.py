@@ -22,6 +22,9 @@ from lenet5.jobs import prepare, train_stack
 
 from .helpers import TIMING_METRICS, compose, experiment_runs, launch, run_cli, small_overrides, wait_for
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 TRAIN, TEST, PASSES, SEEDS = 300, 300, 3, (0, 1)
 SHARED = ["experiment=paper", "optim.curvature_samples=100"]  # SDLM with h_kk's running average

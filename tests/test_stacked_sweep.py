@@ -7,6 +7,9 @@ import pytest
 
 from .helpers import run_cli, small_overrides
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def children(store: str, experiment: str):
     client = mlflow.MlflowClient(store)

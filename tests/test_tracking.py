@@ -17,6 +17,9 @@ from lenet5.jobs import train
 
 from .helpers import compose, small_overrides
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", "optim", "preprocess")
 
 

@@ -12,6 +12,9 @@ from lenet5.jobs import prepare, train
 
 from .helpers import compose, small_overrides
 
+#: Every test here trains real runs or launches the CLI: the slow tier.
+pytestmark = pytest.mark.slow
+
 PRESETS = ["paper", "modern", "seed001_tutorial", "seed004_tf"]
 
 
