@@ -402,15 +402,16 @@ class Study:
         for job in jobs.values():
             job.run = self._known.get(job.config_hash)
 
-    def tune(self, index: int, variant: Variant) -> list[dict]:
-        """Run the tuning of one variant, the grid and then (study.tune.refine) the midpoints
-        around the grid's selection; returns its trials (rows of analysis.tuning's frame)."""
+    def tuning_rounds(self, variant: Variant, complete: Any) -> dict[str, dict[tuple[float, int], Job]]:
+        """The variant's tuning jobs by round: the grid, then (study.tune.refine) the midpoints
+        around the grid's selection. `complete(round, jobs)` fills each round's `Job.run`, by
+        training what is missing (`tune`) or by looking in the store only (`plan_only`)."""
         from analysis.tuning import select_rates
 
         grid = lr_grid(self.cfg, variant.optim)
         seeds = list(self.cfg.tune.seeds)
         rounds = {"grid": self.stage_jobs(tune_overrides, variant, grid, seeds)}
-        self.run_missing("tune", index, variant, rounds["grid"])
+        complete("tune", rounds["grid"])
         if self.cfg.tune.refine:
             import pandas as pd
 
@@ -418,7 +419,12 @@ class Study:
             if len(picked):  # a grid with a missing trial is finished first, on the next launch
                 extra = [lr for lr in refined_rates(grid, float(picked["selected_lr"].iloc[0])) if lr not in grid]
                 rounds["refine"] = self.stage_jobs(tune_overrides, variant, extra, seeds)
-                self.run_missing("refine", index, variant, rounds["refine"])
+                complete("refine", rounds["refine"])
+        return rounds
+
+    def tune(self, index: int, variant: Variant) -> list[dict]:
+        """Run the tuning of one variant; returns its trials (rows of analysis.tuning's frame)."""
+        rounds = self.tuning_rounds(variant, lambda stage, jobs: self.run_missing(stage, index, variant, jobs))
         jobs = [job for round_jobs in rounds.values() for job in round_jobs.values()]
         tuning_id = hashlib.sha1(json.dumps(sorted(j.config_hash for j in jobs)).encode()).hexdigest()[:10]
         for name, round_jobs in rounds.items():
@@ -573,16 +579,7 @@ class Study:
 
         rows = []
         for variant in self.variants:
-            rounds = {"grid": self.stage_jobs(tune_overrides, variant, lr_grid(self.cfg, variant.optim), list(self.cfg.tune.seeds))}
-            self.lookup(rounds["grid"])
-            if self.cfg.tune.refine:
-                picked = select_rates(pd.DataFrame(self.trial_rows(variant, rounds)))
-                if len(picked):
-                    grid = lr_grid(self.cfg, variant.optim)
-                    extra = [lr for lr in refined_rates(grid, float(picked["selected_lr"].iloc[0])) if lr not in grid]
-                    rounds["refine"] = self.stage_jobs(tune_overrides, variant, extra, list(self.cfg.tune.seeds))
-                    self.lookup(rounds["refine"])
-            rows += self.trial_rows(variant, rounds)
+            rows += self.trial_rows(variant, self.tuning_rounds(variant, lambda _, jobs: self.lookup(jobs)))
         trials = pd.DataFrame(rows)
         chosen = select_rates(trials).set_index("variant")
         for label, why in unresolved(trials).items():
