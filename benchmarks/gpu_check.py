@@ -288,7 +288,7 @@ def stack_passes(ctx: Context, k: int, images: int, compile_setting: str) -> tup
     import torch
 
     from lenet5.stacked import StackedTraining
-    from lenet5.stacked_train import training_device
+    from lenet5.engine import training_device, use_deterministic_kernels
     from lenet5.jobs import prepare
 
     cfgs = [
@@ -297,15 +297,15 @@ def stack_passes(ctx: Context, k: int, images: int, compile_setting: str) -> tup
         for s in range(k)
     ]  # fmt: skip
     prepared = [prepare(c, check_data=i == 0, check_tracking=False) for i, c in enumerate(cfgs)]
-    device = training_device(cfgs[0])
-    torch.use_deterministic_algorithms(True, warn_only=True)  # as stacked_train does for trainer.deterministic
+    device = training_device(cfgs[0].trainer)
+    use_deterministic_kernels(True)  # as stacked_train does for trainer.deterministic
     datamodule = prepared[0][0]
     datamodule.setup()
     datamodule.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in datamodule.splits.items()}
     train_s, wall_s = [], []
     with compiler_watch() as seen:
         started = time.perf_counter()
-        for result in StackedTraining(cfgs, [m for _, m in prepared], datamodule, device).passes():
+        for result in StackedTraining([m for _, m in prepared], datamodule, device).passes():
             wall_s.append(time.perf_counter() - started)
             train_s.append(result.metrics[0]["epoch_time_s"])
             started = time.perf_counter()

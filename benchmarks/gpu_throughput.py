@@ -45,21 +45,22 @@ def job(overrides: list[str], args, **extra: str):
 
 def plain_loop(cfg, device: torch.device) -> float:
     """Seconds of pass 2 of a hand-written loop."""
-    from lenet5.config import select
+    from lenet5.config import OptimName, as_config
     from lenet5.data import MNISTDataModule
     from lenet5.losses import make_loss
     from lenet5.model.lenet5 import LeNet5
     from lenet5.optim import make_optimizer
     from lenet5.sdlm import gauss_newton_diagonal
 
+    cfg = as_config(cfg)
     data = MNISTDataModule(cfg.data, seed=cfg.seed)
     data.setup()
     images, labels = (t.to(device) for t in data.splits["train"])
     torch.manual_seed(cfg.seed)
     model = LeNet5(cfg.model, data.input_size).to(device)
-    loss_fn = make_loss(select(cfg, "loss.name"), model.head_kind, cfg.loss.j)
+    loss_fn = make_loss(cfg.loss, model.head_kind)
     optimizer = make_optimizer(model.parameters(), cfg.optim, cfg.data.batch_size)
-    sdlm = select(cfg, "optim.name") == "sdlm"
+    sdlm = cfg.optim.name == OptimName.sdlm
     gamma, b = cfg.optim.curvature_gamma, cfg.data.batch_size
     seconds = 0.0
     for _ in range(2):
@@ -104,7 +105,7 @@ def stacked(cfgs, device: torch.device) -> float:
     data = prepared[0][0]
     data.setup()
     data.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in data.splits.items()}
-    results = list(StackedTraining(cfgs, [m for _, m in prepared], data, device).passes())
+    results = list(StackedTraining([m for _, m in prepared], data, device).passes())
     return results[1].metrics[0]["epoch_time_s"]
 
 

@@ -77,7 +77,7 @@ def test_a_forced_compile_compiles_the_whole_step_of_a_stack():
         cfgs = [compose(*paper, f"seed={seed}", f"trainer.compile={setting}") for seed in (0, 1)]
         prepared = [prepare(c, check_tracking=False) for c in cfgs]
         prepared[0][0].setup()
-        training = StackedTraining(cfgs, [m for _, m in prepared], prepared[0][0], torch.device("cpu"))
+        training = StackedTraining([m for _, m in prepared], prepared[0][0], torch.device("cpu"))
         if setting == "true":  # count the calls that reach the compiled functions
             for fn in (training.gradients, training.batch_curvature):
                 fn.compiled = counted(fn.compiled)

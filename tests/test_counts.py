@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lenet5.config import as_config
 from lenet5.model.counts import counts_table
 from lenet5.model.lenet5 import LeNet5
 
@@ -23,7 +24,7 @@ PAPER = {
 def table(*overrides: str):
     cfg = compose(*overrides)
     size = 32 if str(cfg.data.preprocess.value) == "paper" else 28
-    return counts_table(LeNet5(cfg.model, size)).set_index("layer")
+    return counts_table(LeNet5(as_config(cfg).model, size)).set_index("layer")
 
 
 def test_paper_counts_are_the_reference_table():
@@ -33,7 +34,7 @@ def test_paper_counts_are_the_reference_table():
 
 def test_counts_agree_with_pytorch_parameter_count():
     cfg = compose("experiment=modern")
-    model = LeNet5(cfg.model)
+    model = LeNet5(as_config(cfg).model)
     assert table("experiment=modern").loc["total", "trainable_params"] == sum(p.numel() for p in model.parameters())
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from lenet5.config import ConfigError
+from lenet5.config import ConfigError, Preprocess, as_config
 from lenet5.batches import TensorBatches
 from lenet5.data import MNIST_SHA256, MNISTDataModule, ensure_mnist, load_mnist_split, preprocess
 
@@ -45,7 +45,7 @@ def test_missing_file_is_named_without_downloading(mnist_root, tmp_path):
 
 def test_paper_preprocessing(mnist_root):
     images, _ = load_mnist_split(mnist_root, train=False)
-    x = preprocess(images[:500], "paper")
+    x = preprocess(images[:500], Preprocess.paper)
     assert x.shape == (500, 1, 32, 32) and x.dtype == torch.float32
     assert torch.allclose(x[:, :, :2], torch.tensor(-0.1)) and torch.allclose(x[:, :, :, -2:], torch.tensor(-0.1))
     assert x.min().item() == pytest.approx(-0.1) and x.max().item() == pytest.approx(1.175)
@@ -57,27 +57,27 @@ def test_paper_preprocessing(mnist_root):
 
 def test_unit_preprocessing(mnist_root):
     images, _ = load_mnist_split(mnist_root, train=False)
-    x = preprocess(images[:10], "unit")
+    x = preprocess(images[:10], Preprocess.unit)
     assert x.shape == (10, 1, 28, 28) and x.min() == 0 and x.max() == 1
 
 
 def test_splits_subset_and_validation_hold_out(mnist_root):
     cfg = compose("data.train_subset=1000", "data.val_size=500", "data.test_subset=300")
-    datamodule = MNISTDataModule(cfg.data, seed=0)
+    datamodule = MNISTDataModule(as_config(cfg).data, seed=0)
     datamodule.setup()
     train_x, train_y = datamodule.splits["train"]
     val_x, _ = datamodule.splits["val"]
     all_images, all_labels = load_mnist_split(mnist_root, train=True)
     assert len(train_y) == 1000 and len(val_x) == 500 and len(datamodule.splits["test"][1]) == 300
-    torch.testing.assert_close(train_x, preprocess(all_images[:1000], "paper"))  # the first N
-    torch.testing.assert_close(val_x, preprocess(all_images[-500:], "paper"))  # the last N
+    torch.testing.assert_close(train_x, preprocess(all_images[:1000], Preprocess.paper))  # the first N
+    torch.testing.assert_close(val_x, preprocess(all_images[-500:], Preprocess.paper))  # the last N
     assert datamodule.eval_split_names == ["test", "val"]
 
 
 def test_oversized_split_is_rejected():
     cfg = compose("data.train_subset=59000", "data.val_size=2000")
     with pytest.raises(ConfigError, match="more than the 60000"):
-        MNISTDataModule(cfg.data).check()
+        MNISTDataModule(as_config(cfg).data).check()
 
 
 def test_batches_cover_every_image_once_in_a_seeded_order():

@@ -7,6 +7,7 @@ import pytest
 import mlflow
 import torch
 
+from lenet5.config import Preprocess
 from lenet5.data import load_mnist_split, preprocess
 from lenet5.distortions import DistortedBatches, distort
 from lenet5.jobs import train
@@ -28,7 +29,7 @@ def centre_of_mass(image: torch.Tensor, background: float) -> torch.Tensor:
 
 def digits(mnist_root, n=8):
     images, labels = load_mnist_split(mnist_root, train=True)
-    return preprocess(images[:n], "paper"), labels[:n]
+    return preprocess(images[:n], Preprocess.paper), labels[:n]
 
 
 def test_identity_leaves_images_alone(mnist_root):

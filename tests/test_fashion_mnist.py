@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from lenet5.config import ConfigError
+from lenet5.config import ConfigError, Dataset, Preprocess, as_config
 from lenet5.data import FASHION_MNIST_SHA256, MNISTDataModule, ensure_mnist, load_mnist_split, preprocess
 from lenet5.presets import preset_factors
 from lenet5.identity import config_hash, run_name
@@ -31,7 +31,7 @@ def fashion_root(mnist_root):
 
 
 def test_real_files_verify_against_the_published_checksums(fashion_root):
-    raw = ensure_mnist(fashion_root, download=False, dataset="fashion_mnist")
+    raw = ensure_mnist(fashion_root, download=False, dataset=Dataset.fashion_mnist)
     assert raw == fashion_root / "FashionMNIST" / "raw"
     # The table in data.py is the one shipped beside the files (FashionMNIST.SHA256SUMS).
     sums = fashion_root.parent / "FashionMNIST.SHA256SUMS"
@@ -50,19 +50,19 @@ def test_a_corrupt_fashion_file_is_named_in_one_line(fashion_root, tmp_path):
     data[200] ^= 0xFF
     (raw / "train-labels-idx1-ubyte").write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=r"FashionMNIST file .*train-labels-idx1-ubyte is corrupt") as err:
-        ensure_mnist(tmp_path, download=False, dataset="fashion_mnist")
+        ensure_mnist(tmp_path, download=False, dataset=Dataset.fashion_mnist)
     assert "\n" not in str(err.value)
     (raw / "train-labels-idx1-ubyte").unlink()
     with pytest.raises(ConfigError, match="is missing.*FashionMNIST/raw/.*data.download=true"):
-        ensure_mnist(tmp_path, download=False, dataset="fashion_mnist")
+        ensure_mnist(tmp_path, download=False, dataset=Dataset.fashion_mnist)
 
 
 def test_fashion_images_get_the_same_padding_and_pixel_mapping(fashion_root):
-    fashion, labels = load_mnist_split(fashion_root, train=False, dataset="fashion_mnist")
+    fashion, labels = load_mnist_split(fashion_root, train=False, dataset=Dataset.fashion_mnist)
     digits, _ = load_mnist_split(fashion_root, train=False)
     assert fashion.shape == digits.shape == (10_000, 28, 28) and set(labels.tolist()) == set(range(10))
     assert not torch.equal(fashion[:100], digits[:100])  # really the other files
-    x = preprocess(fashion[:200], "paper")
+    x = preprocess(fashion[:200], Preprocess.paper)
     assert x.shape == (200, 1, 32, 32)
     torch.testing.assert_close(x[:, 0, 2:30, 2:30], -0.1 + fashion[:200].float() / 255 * 1.275)
 
@@ -101,7 +101,7 @@ def test_a_fashion_run_logs_fashion_mnist_inputs(fashion_root, store):
 def test_without_the_test_split_nothing_is_evaluated_on_test(store):
     """data.test=false: the test images are not loaded, so no test metric or input can exist."""
     cfg = compose("data.test=false", "data.val_size=500", *small_overrides(store, subset=300))
-    datamodule = MNISTDataModule(cfg.data)
+    datamodule = MNISTDataModule(as_config(cfg).data)
     assert "test" not in datamodule.split_rows() and datamodule.eval_split_names == ["val"]
     result = train(cfg)
     run = MlflowClient(store).get_run(result["run_id"])

@@ -90,7 +90,7 @@ def test_no_host_read_in_a_stacked_training_step(monkeypatch):
     prepared = [prepare(c, check_data=i == 0, check_tracking=False) for i, c in enumerate(cfgs)]
     datamodule = prepared[0][0]
     datamodule.setup()
-    training = StackedTraining(cfgs, [m for _, m in prepared], datamodule, torch.device("cpu"))
+    training = StackedTraining([m for _, m in prepared], datamodule, torch.device("cpu"))
     mode, steps = HostReads(), []
     step = training._step
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lenet5.config import Activation, as_config
 from lenet5.model.activations import make_activation, scaled_tanh, squashing_slope
 from lenet5.model.c3 import C3_CONNECTION_TABLE, TableConv2d
 from lenet5.model.lenet5 import LeNet5
@@ -99,7 +100,7 @@ def test_scaled_tanh_constants():
 )
 def test_initialisation_bounds(scheme, gain):
     torch.manual_seed(0)  # the lower bounds below are near-certain, not certain, for a random draw
-    model = LeNet5(compose(f"model.init={scheme}", f"model.init_gain={'null' if gain is None else gain}").model)
+    model = LeNet5(as_config(compose(f"model.init={scheme}", f"model.init_gain={'null' if gain is None else gain}")).model)
     v = gain or {"lecun": 2.4, "lecun_sqrt": 1.0}.get(scheme)
     bound_for = {"lecun": lambda fan_in: v / fan_in, "lecun_sqrt": lambda fan_in: v * fan_in**-0.5}.get(scheme)
     fan_ins = {"c1": 25, "c5": 400, "f6": 120}
@@ -122,7 +123,7 @@ def test_initialisation_bounds(scheme, gain):
 def test_lush_initialisation(gain):
     """Lush's `forget v 2`: weights U(+-v/sqrt(F)), S coefficients exactly v/sqrt(4), biases 0."""
     torch.manual_seed(0)
-    model = LeNet5(compose("model.init=lush", f"model.init_gain={'null' if gain is None else gain}").model)
+    model = LeNet5(as_config(compose("model.init=lush", f"model.init_gain={'null' if gain is None else gain}")).model)
     v = gain or 1.0
     for pool in (model.s2, model.s4):
         assert (pool.coefficient == v / 2).all()
@@ -138,7 +139,7 @@ def test_lush_initialisation(gain):
 
 
 def test_paper_forward_shapes():
-    model = LeNet5(compose().model)
+    model = LeNet5(as_config(compose()).model)
     x = torch.randn(4, 1, 32, 32)
     shapes = {}
     for name in ("c1", "s2", "c3", "s4", "c5", "f6", "output"):
@@ -154,7 +155,7 @@ def test_activation_position_around_pooling():
     """before_pool: f(conv) then pool; after_pool: pool then f; checked against functional code."""
     x = torch.randn(2, 1, 32, 32)
     for where in ("before_pool", "after_pool"):
-        model = LeNet5(compose("model.pool=max", "model.activation=sigmoid", f"model.activation_at={where}").model)
+        model = LeNet5(as_config(compose("model.pool=max", "model.activation=sigmoid", f"model.activation_at={where}")).model)
         c1_out = model.c1(x)
         if where == "before_pool":
             expected = F.max_pool2d(torch.sigmoid(c1_out), 2)
@@ -167,7 +168,7 @@ def test_activation_position_around_pooling():
         torch.testing.assert_close(s2_state, expected)
 
 
-@pytest.mark.parametrize("name", ["scaled_tanh", "tanh", "sigmoid", "relu", "none"])
+@pytest.mark.parametrize("name", list(Activation))
 def test_squashing_slope_is_the_derivative_autograd_finds(name):
     """SDLM's curvature pass uses the written-out f'; it must be the derivative of f itself."""
     squash = make_activation(name)

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lenet5.config import Head, LossConfig, LossName
 from lenet5.losses import make_loss, rbf_map_loss, rbf_mle_loss
 
 
@@ -36,5 +37,5 @@ def test_map_becomes_cross_entropy_on_negative_distances_as_j_grows():
 def test_cross_entropy_reads_rbf_distances_as_negative_logits():
     distances = torch.rand(3, 10)
     target = torch.tensor([1, 2, 3])
-    torch.testing.assert_close(make_loss("cross_entropy", "rbf")(distances, target), F.cross_entropy(-distances, target, reduction="none"))
-    torch.testing.assert_close(make_loss("cross_entropy", "softmax")(distances, target), F.cross_entropy(distances, target, reduction="none"))
+    torch.testing.assert_close(make_loss(LossConfig(name=LossName.cross_entropy), Head.rbf)(distances, target), F.cross_entropy(-distances, target, reduction="none"))
+    torch.testing.assert_close(make_loss(LossConfig(name=LossName.cross_entropy), Head.softmax)(distances, target), F.cross_entropy(distances, target, reduction="none"))

@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, stack_module_state, vmap
 from torch.nn.utils.stateless import _reparametrize_module
 
+from lenet5.config import as_config
 from lenet5.model.lenet5 import LeNet5
 from lenet5.optim import make_optimizer, make_schedule
 from lenet5.sdlm import SDLM, gauss_newton_diagonal, paper_eta
@@ -41,7 +42,7 @@ def rule_and_exact():
     torch.manual_seed(0)
     # The printed init: how closely the rule tracks the exact diagonal below C5 depends on the
     # weights (with the Lush init, C1's correlation on these random images is about 0.5).
-    model = LeNet5(compose("model.init=lecun").model).double()
+    model = LeNet5(as_config(compose("model.init=lecun")).model).double()
     images = torch.randn(3, 1, 32, 32, dtype=torch.float64)
     params = {name: p.detach() for name, p in model.named_parameters()}
     exact = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -74,7 +75,7 @@ def test_rule_tracks_the_exact_diagonal_where_weights_are_shared(rule_and_exact)
 def test_rule_against_a_direct_computation_through_f6_and_c5():
     """The rule written out by hand for the top two layers."""
     torch.manual_seed(1)
-    model = LeNet5(compose().model).double()
+    model = LeNet5(as_config(compose()).model).double()
     images = torch.randn(4, 1, 32, 32, dtype=torch.float64)
     x = images
     for layer, squash in model.convolutional_stages()[:-1]:
@@ -147,7 +148,7 @@ VARIANTS = [
 def test_fused_curvature_pass_equals_the_layer_by_layer_rule(overrides):
     """Every pooling, squashing and head the suite offers, on real-looking inputs."""
     torch.manual_seed(2)
-    model = LeNet5(compose(*overrides).model).double()
+    model = LeNet5(as_config(compose(*overrides)).model).double()
     images = torch.randn(5, 1, 32, 32, dtype=torch.float64)
     fused, reference = gauss_newton_diagonal(model, images), layer_by_layer_rule(model, images)
     assert set(fused) == set(reference) == {n for n, _ in model.named_parameters()}
@@ -158,7 +159,7 @@ def test_fused_curvature_pass_equals_the_layer_by_layer_rule(overrides):
 def test_curvature_pass_runs_over_a_stack_of_models():
     """With the weights passed in, vmap runs it over K models at once, each as if alone."""
     torch.manual_seed(3)
-    models = [LeNet5(compose().model) for _ in range(3)]
+    models = [LeNet5(as_config(compose()).model) for _ in range(3)]
     images = torch.randn(4, 1, 32, 32)
     stacked, _ = stack_module_state(models)
     together = vmap(lambda params: gauss_newton_diagonal(models[0], images, params))(stacked)
@@ -180,9 +181,9 @@ def test_sdlm_step_is_eta_over_mu_plus_h():
 def test_paper_schedule_per_pass():
     assert [paper_eta(p) for p in range(1, 15)] == [5e-4] * 2 + [2e-4] * 3 + [1e-4] * 3 + [5e-5] * 4 + [1e-5] * 2
     cfg = compose("optim=sdlm")
-    model = LeNet5(cfg.model)
-    optimizer = make_optimizer(model.parameters(), cfg.optim, batch_size=1)
-    schedule = make_schedule(optimizer, cfg.optim, max_epochs=20)
+    model = LeNet5(as_config(cfg).model)
+    optimizer = make_optimizer(model.parameters(), as_config(cfg).optim, batch_size=1)
+    schedule = make_schedule(optimizer, as_config(cfg).optim, max_epochs=20)
     seen = []
     for _ in range(14):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -195,7 +196,7 @@ def test_mini_batch_form_steps_by_batch_size_times_eta():
     """One update over B patterns with the batch-mean gradient moves each weight by the sum
     of the B per-pattern steps eta/(mu + h) * g_p taken at the same point."""
     w = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
-    optimizer = make_optimizer([w], compose("optim=sdlm", "optim.mu=0.02").optim, batch_size=16)
+    optimizer = make_optimizer([w], as_config(compose("optim=sdlm", "optim.mu=0.02")).optim, batch_size=16)
     optimizer.set_curvature({w: torch.tensor([0.0, 0.48])})
     per_pattern_grads = torch.randn(16, 2)
     w.grad = per_pattern_grads.mean(0)

@@ -197,7 +197,7 @@ def test_member_states_continue_a_stack_exactly(shared_optimizer, shared, tmp_pa
         prepared = [prepare(c, check_data=False, check_tracking=False) for c in cfgs]
         datamodule = prepared[0][0]
         datamodule.setup()
-        return StackedTraining(cfgs, [m for _, m in prepared], datamodule, torch.device("cpu"))
+        return StackedTraining([m for _, m in prepared], datamodule, torch.device("cpu"))
 
     going_on = stack()
     passes = going_on.passes()

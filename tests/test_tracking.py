@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import torch
 
-from lenet5.config import PROJECT_DIR
+from lenet5.config import PROJECT_DIR, as_config
 from lenet5.data import MNISTDataModule
 from lenet5.provenance import mnist_inputs
 from lenet5.tracking import get_or_create_experiment
@@ -152,7 +152,7 @@ def test_final_network_is_logged_and_reproduces_the_test_error(tracked):
         network = mlflow.pytorch.load_model(uri)
     finally:
         mlflow.set_tracking_uri(None)
-    datamodule = MNISTDataModule(result["cfg"].data, seed=1)
+    datamodule = MNISTDataModule(as_config(result["cfg"]).data, seed=1)
     datamodule.setup()
     wrong = total = 0
     with torch.no_grad():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 #: The repository root (src/lenet5/config.py -> ../../). The default MLflow store lives here
 #: so that every run of every job, wherever Hydra puts its outputs, lands in one store.
@@ -29,13 +29,13 @@ class ConfigError(ValueError):
     """A config that composes but cannot be trained; the message is one line for the user."""
 
 
-class Pool(str, enum.Enum):
+class Pool(enum.StrEnum):
     subsample = "subsample"  # paper: 2x2 sum x trainable coefficient + trainable bias
     max = "max"
     avg = "avg"
 
 
-class Activation(str, enum.Enum):
+class Activation(enum.StrEnum):
     scaled_tanh = "scaled_tanh"  # paper: 1.7159 tanh(2a/3)
     tanh = "tanh"
     sigmoid = "sigmoid"
@@ -43,7 +43,7 @@ class Activation(str, enum.Enum):
     none = "none"
 
 
-class ActivationAt(str, enum.Enum):
+class ActivationAt(enum.StrEnum):
     """Where the squashing function sits around each pooling layer."""
 
     both = "both"  # paper: after every convolution and after every subsampling
@@ -51,17 +51,17 @@ class ActivationAt(str, enum.Enum):
     after_pool = "after_pool"  # conv -> pool -> f (the TF tutorial's open question)
 
 
-class C3(str, enum.Enum):
+class C3(enum.StrEnum):
     table = "table"  # paper Table I: each C3 map sees 3, 4 or 6 S2 maps
     full = "full"
 
 
-class Head(str, enum.Enum):
+class Head(enum.StrEnum):
     rbf = "rbf"  # fixed 7x12 bitmaps, Euclidean distance
     softmax = "softmax"  # linear F6 -> 10 logits
 
 
-class Init(str, enum.Enum):
+class Init(enum.StrEnum):
     lecun = "lecun"  # paper: U(-2.4/F, 2.4/F)
     lecun_sqrt = "lecun_sqrt"  # U(-1/sqrt(F), 1/sqrt(F)), biases too
     lush = "lush"  # LeCun and Bottou's Lush code: U(+-1/sqrt(F)) weights, S coefficients 0.5, biases 0
@@ -69,39 +69,39 @@ class Init(str, enum.Enum):
     truncated_normal = "truncated_normal"  # TF tutorial: N(0, 1) truncated at 2 std, biases too
 
 
-class Dataset(str, enum.Enum):
+class Dataset(enum.StrEnum):
     mnist = "mnist"  # paper
     fashion_mnist = "fashion_mnist"  # Xiao et al. 2017: MNIST's format, ten kinds of clothing
 
 
-class Preprocess(str, enum.Enum):
+class Preprocess(enum.StrEnum):
     paper = "paper"  # pad to 32x32, background -0.1, foreground 1.175
     unit = "unit"  # the tutorials': 28x28, pixels in [0, 1]
 
 
-class Augment(str, enum.Enum):
+class Augment(enum.StrEnum):
     none = "none"
     paper = "paper"  # fixed random affine distortions of each training image (section III.C)
 
 
-class LossName(str, enum.Enum):
+class LossName(enum.StrEnum):
     map = "map"  # paper eq. 9
     mle = "mle"  # paper eq. 8
     cross_entropy = "cross_entropy"
 
 
-class Reduction(str, enum.Enum):
+class Reduction(enum.StrEnum):
     mean = "mean"
     sum = "sum"  # both tutorials sum the loss over the batch
 
 
-class OptimName(str, enum.Enum):
+class OptimName(enum.StrEnum):
     sdlm = "sdlm"  # paper, Appendix C: stochastic diagonal Levenberg-Marquardt
     sgd = "sgd"
     adam = "adam"
 
 
-class Schedule(str, enum.Enum):
+class Schedule(enum.StrEnum):
     paper = "paper"  # Appendix C's per-pass steps, relative to pass 1: x1 x2, x0.4 x3, x0.2 x3, x0.1 x4, then x0.02
     constant = "constant"
     cosine = "cosine"
@@ -306,8 +306,17 @@ def factor_choices() -> dict[str, list[str]]:
     return choices
 
 
+def as_config(cfg: DictConfig) -> Config:
+    """The composed config as the typed objects every constructor takes (`Config`, its
+    sections' dataclasses, enum members for every choice), interpolations resolved."""
+    config = OmegaConf.to_object(cfg)
+    assert isinstance(config, Config), type(config)  # Hydra composes onto the `schema` entry
+    return config
+
+
 def select(cfg: Any, dotted_key: str) -> Any:
-    """Value at `dotted_key` as a plain string for enums (what users type on the command line)."""
+    """Value at `dotted_key` as a plain string for enums: the config as recorded and shown
+    (run names, tags, the config hash), not for decisions, which compare enum members."""
     value = OmegaConf.select(cfg, dotted_key)
     return value.value if isinstance(value, enum.Enum) else value
 
@@ -322,8 +331,8 @@ def check_compatible(cfg: Any) -> None:
 
     Runs before anything is created in the MLflow store or any data is read.
     """
-    head, loss = select(cfg, "model.head"), select(cfg, "loss.name")
-    if loss in ("map", "mle") and head != "rbf":
+    head, loss = cfg.model.head, cfg.loss.name
+    if loss in (LossName.map, LossName.mle) and head != Head.rbf:
         raise ConfigError(
             f"loss={loss} is defined on RBF distances but model.head={head}; "
             f"use model.head=rbf, or loss=cross_entropy with model.head={head}"

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from .batches import TensorBatches
-from .config import ConfigError, Dataset, select
+from .config import Augment, ConfigError, DataConfig, Dataset, Preprocess
 from .distortions import DistortedBatches
 
 #: The canonical SHA-256 of the four uncompressed MNIST files (as published with MNIST).
@@ -38,10 +38,10 @@ FASHION_MNIST_SHA256 = {
 #: Per `data.dataset`: the folder under data.root (torchvision's class name), the files' SHA-256
 #: and the torchvision class that reads (and downloads) them. Both have 60,000 + 10,000 images.
 DATASETS = {
-    "mnist": ("MNIST", MNIST_SHA256, "MNIST"),
-    "fashion_mnist": ("FashionMNIST", FASHION_MNIST_SHA256, "FashionMNIST"),
+    Dataset.mnist: ("MNIST", MNIST_SHA256, "MNIST"),
+    Dataset.fashion_mnist: ("FashionMNIST", FASHION_MNIST_SHA256, "FashionMNIST"),
 }
-assert set(DATASETS) == {d.value for d in Dataset}
+assert set(DATASETS) == set(Dataset)
 MNIST_TRAIN_SIZE, MNIST_TEST_SIZE = 60_000, 10_000
 
 #: Paper, section II.B: background -0.1 and foreground 1.175, so the mean is about 0 and the
@@ -57,19 +57,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _torchvision_class(dataset: str):
+def _torchvision_class(dataset: Dataset):
     import torchvision.datasets
 
     return getattr(torchvision.datasets, DATASETS[dataset][2])
 
 
-def raw_folder(root: str | Path, dataset: str = "mnist") -> Path:
+def raw_folder(root: str | Path, dataset: Dataset = Dataset.mnist) -> Path:
     """The absolute folder holding the dataset's four files under data.root (torchvision's
     layout: <root>/MNIST/raw or <root>/FashionMNIST/raw)."""
     return Path(root).expanduser().resolve() / DATASETS[dataset][0] / "raw"
 
 
-def ensure_mnist(root: str | Path, download: bool, dataset: str = "mnist") -> Path:
+def ensure_mnist(root: str | Path, download: bool, dataset: Dataset = Dataset.mnist) -> Path:
     """Check (and fetch, when allowed and missing) `dataset` (MNIST by default, or
     fashion_mnist) under `root`/<its folder>/raw/.
 
@@ -106,20 +106,20 @@ def ensure_mnist(root: str | Path, download: bool, dataset: str = "mnist") -> Pa
     return raw
 
 
-def load_mnist_split(root: str | Path, train: bool, dataset: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
+def load_mnist_split(root: str | Path, train: bool, dataset: Dataset = Dataset.mnist) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 28, 28) uint8, labels (N,) int64) of the training or test split of `dataset`."""
     source = _torchvision_class(dataset)(str(Path(root).expanduser().resolve()), train=train, download=False)
     return source.data, source.targets.long()
 
 
-def preprocess(images: torch.Tensor, mode: str) -> torch.Tensor:
+def preprocess(images: torch.Tensor, mode: Preprocess) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, S, S).
 
     `paper`: S = 32, zero-padded 2 pixels a side, pixel p mapped linearly so 0 -> -0.1 and
     255 -> 1.175. `unit`: S = 28, p / 255 (torchvision's ToTensor).
     """
     x = images.unsqueeze(1).float() / 255.0
-    if mode == "unit":
+    if mode == Preprocess.unit:
         return x
     pad = (PAPER_SIZE - images.shape[-1]) // 2
     x = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=0.0)
@@ -131,21 +131,21 @@ class MNISTDataModule(L.LightningDataModule):
     hold-out), `val` (the last `val_size` training images, if any) and `test` (10,000, or the
 first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or Fashion-MNIST).
 
-    `data_cfg` is the `data` node of the config; `seed` orders the training passes.
+    `data_cfg` is the config's typed `data` section; `seed` orders the training passes.
     """
 
-    def __init__(self, data_cfg, seed: int = 0):
+    def __init__(self, data_cfg: DataConfig, seed: int = 0):
         super().__init__()
         self.cfg, self.seed = data_cfg, seed
-        self.mode = select(data_cfg, "preprocess")
-        self.dataset = select(data_cfg, "dataset")
+        self.mode = data_cfg.preprocess
+        self.dataset = data_cfg.dataset
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.checked = False
         self.order_state: torch.Tensor | None = None
 
     @property
     def input_size(self) -> int:
-        return PAPER_SIZE if self.mode == "paper" else 28
+        return PAPER_SIZE if self.mode == Preprocess.paper else 28
 
     def check(self) -> None:
         """Validate the split sizes and the files on disk (no tensors are loaded)."""
@@ -197,7 +197,7 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
     @property
     def background(self) -> float:
         """Pixel value of a blank field after preprocessing."""
-        return PAPER_BACKGROUND if self.mode == "paper" else 0.0
+        return PAPER_BACKGROUND if self.mode == Preprocess.paper else 0.0
 
     def train_dataloader(self) -> TensorBatches | DistortedBatches:
         self.train_batches = self.make_train_batches()
@@ -219,7 +219,7 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
     def make_train_batches(self, seed: int | None = None) -> TensorBatches | DistortedBatches:
         """The training batches, their order (and distortions) drawn from `seed` (default: the module's)."""
         seed = self.seed if seed is None else seed
-        if select(self.cfg, "augment") == "paper":
+        if self.cfg.augment == Augment.paper:
             return DistortedBatches(
                 *self.splits["train"], self.cfg.batch_size, self.cfg.distorted_copies,
                 self.cfg.distortion, self.background, seed=seed, per_pass=self.cfg.patterns_per_pass,

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .adapters import global_tracking_uri
-from .config import DEFAULT_TRACKING_URI, PROJECT_DIR, ConfigError
+from .config import DEFAULT_TRACKING_URI, PROJECT_DIR, ConfigError, Dataset, Head, Preprocess
 from .data import MNIST_TEST_SIZE, ensure_mnist, load_mnist_split, preprocess
 from .figures import network_figure
 
@@ -84,13 +84,13 @@ def load_test_image(run, index: int) -> tuple[torch.Tensor, int]:
         raise InspectError(f"index {index} is out of range: MNIST has test images 0 to {MNIST_TEST_SIZE - 1}")
     # $MNIST_ROOT first: the run's data.root is where it trained, which may be another machine.
     root = os.environ.get("MNIST_ROOT") or run.data.params.get("data.root") or str(PROJECT_DIR / "data")
-    dataset = run.data.params.get("data.dataset", "mnist")  # runs from before the key: MNIST
+    dataset = Dataset(run.data.params.get("data.dataset", "mnist"))  # runs from before the key: MNIST
     try:
         ensure_mnist(root, download=False, dataset=dataset)
     except ConfigError as err:  # names the file at fault and what to do
         raise InspectError(str(err)) from None
     images, labels = load_mnist_split(root, train=False, dataset=dataset)
-    mode = run.data.params.get("data.preprocess", "paper")
+    mode = Preprocess(run.data.params.get("data.preprocess", "paper"))
     return preprocess(images[index : index + 1], mode), int(labels[index])
 
 
@@ -114,7 +114,7 @@ def inspect_run(run_id: str, index: int, tracking_uri: str = DEFAULT_TRACKING_UR
         size = network.input_size
         raise InspectError(f"run {run_id}: its model takes {size}x{size} images, its data.preprocess gives {image.shape[-1]}")
     stages, predicted = trace(network, image)
-    prototypes = network.output.prototypes if network.head_kind == "rbf" else None
+    prototypes = network.output.prototypes if network.head_kind == Head.rbf else None
     title = f"run {run.info.run_name} ({run_id[:8]}), {run.data.params.get('data.dataset', 'mnist')} test image {index}"
     figure = network_figure(image[0], [(name, x[0]) for name, x in stages], predicted, prototypes, label, title)
     png = Path(out) if out is not None else Path(f"inspect_{run_id[:8]}_{index}.png")

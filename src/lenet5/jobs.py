@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 
-from .config import ConfigError
+from .config import ConfigError, as_config
 from .data import MNISTDataModule
 from .grouping import stack_key
 from .identity import config_hash, run_name
@@ -34,11 +34,12 @@ def prepare(cfg: Any, check_data: bool = True, check_tracking: bool = True) -> t
     check_config(cfg)
     if check_tracking:
         check_store(str(cfg.tracking.uri), str(cfg.tracking.experiment))
-    datamodule = MNISTDataModule(cfg.data, seed=cfg.seed)
+    config = as_config(cfg)
+    datamodule = MNISTDataModule(config.data, seed=config.seed)
     if check_data:
         datamodule.check()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = LeNet5Module(cfg, datamodule.input_size, datamodule.eval_split_names)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = LeNet5Module(config, datamodule.input_size, datamodule.eval_split_names)
     return datamodule, module
 
 

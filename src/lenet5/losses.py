@@ -1,6 +1,7 @@
 """Training criteria: the paper's MLE (eq. 8) and MAP (eq. 9) on RBF distances, and cross-entropy.
 
-Each returns the per-sample loss (N,); the module reduces it by `loss.reduction`.
+Each returns the per-sample loss (N,); `reduce_loss` turns it into the loss a step minimises,
+the one reduction both training engines use.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .config import Head, LossConfig, LossName, Reduction
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,12 +32,18 @@ def rbf_map_loss(distances: torch.Tensor, target: torch.Tensor, j: float) -> tor
     return rbf_mle_loss(distances, target) + torch.logsumexp(torch.cat([rubbish, -distances], 1), 1)
 
 
-def make_loss(name: str, head: str, j: float = 0.1) -> PerSampleLoss:
-    """The criterion `name` for a network whose head is `head` (`rbf` outputs distances)."""
-    if name == "map":
+def make_loss(config: LossConfig, head: Head) -> PerSampleLoss:
+    """The criterion `config.name` for a network whose head is `head` (`rbf` outputs distances)."""
+    if config.name == LossName.map:
+        j = config.j
         return lambda out, target: rbf_map_loss(out, target, j)
-    if name == "mle":
+    if config.name == LossName.mle:
         return rbf_mle_loss
-    if head == "rbf":
+    if head == Head.rbf:
         return lambda out, target: F.cross_entropy(-out, target, reduction="none")
     return lambda out, target: F.cross_entropy(out, target, reduction="none")
+
+
+def reduce_loss(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """Per-sample losses (B,) -> the batch's loss (): their mean, or their sum (both tutorials)."""
+    return per_sample.sum() if reduction == Reduction.sum else per_sample.mean()

@@ -7,31 +7,29 @@ the epoch), `lr` (the rate that epoch trained with).
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .compile import CompiledOrEager, compile_mode, compile_setting
-from .config import select
-from .losses import make_loss
+from .config import Config
+from .engine import check_finite
+from .losses import make_loss, reduce_loss
 from .model.lenet5 import CLASSES, LeNet5
 from .optim import make_optimizer, make_schedule
 from .resume import rng_state, set_rng_state
 
 
 class LeNet5Module(L.LightningModule):
-    """`cfg` is the whole composed config; `input_size` comes from the data preprocessing;
-    `eval_split_names` names the validation loaders in order (e.g. ["test", "val"])."""
+    """`config` is the whole config, typed (`config.as_config`); `input_size` comes from the data
+    preprocessing; `eval_split_names` names the validation loaders in order (e.g. ["test", "val"])."""
 
-    def __init__(self, cfg: Any, input_size: int, eval_split_names: list[str]):
+    def __init__(self, config: Config, input_size: int, eval_split_names: list[str]):
         super().__init__()
-        self.cfg = cfg
-        self.model = LeNet5(cfg.model, input_size)
-        self.loss_fn = make_loss(select(cfg, "loss.name"), self.model.head_kind, cfg.loss.j)
-        self.sum_loss = select(cfg, "loss.reduction") == "sum"
+        self.config = config
+        self.model = LeNet5(config.model, input_size)
+        self.loss_fn = make_loss(config.loss, self.model.head_kind)
         self.eval_split_names = eval_split_names
         # Neither metric synchronises with the host per step: nan_strategy="disable" skips the
         # NaN scan (a NaN must surface, not be dropped; on_train_epoch_end checks once per epoch),
@@ -44,7 +42,7 @@ class LeNet5Module(L.LightningModule):
         self.train_forward: CompiledOrEager | None = None  # set once the device is known
 
     def on_fit_start(self) -> None:
-        mode = compile_mode(compile_setting(self.cfg), self.device)
+        mode = compile_mode(compile_setting(self.config), self.device)
         self.train_forward = CompiledOrEager(self.model, mode) if mode is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +52,7 @@ class LeNet5Module(L.LightningModule):
         images, labels = batch
         out = (self.train_forward or self.model)(images)
         per_sample = self.loss_fn(out, labels)
-        loss = per_sample.sum() if self.sum_loss else per_sample.mean()
+        loss = reduce_loss(per_sample, self.config.loss.reduction)
         # No weight: with nan_strategy="disable" torchmetrics (1.9) replaces any weight by 1, so
         # train_loss has always been the mean of the batch means; passing len(labels) only
         # cost a host-to-device copy of that number every step.
@@ -69,8 +67,7 @@ class LeNet5Module(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         loss = self.train_loss.compute()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} in epoch {self.current_epoch + 1}")
+        check_finite(loss, self.current_epoch + 1)
         self.log("train_loss", loss)
         self.log("train_error", 100.0 * (1.0 - self.train_accuracy.compute()))
         self.log("lr", self.epoch_lr)
@@ -95,8 +92,9 @@ class LeNet5Module(L.LightningModule):
         set_rng_state(checkpoint["rng"])
 
     def configure_optimizers(self):
-        optimizer = make_optimizer(self.model.parameters(), self.cfg.optim, self.cfg.data.batch_size)
-        scheduler = make_schedule(optimizer, self.cfg.optim, self.cfg.trainer.max_epochs)
+        config = self.config
+        optimizer = make_optimizer(self.model.parameters(), config.optim, config.data.batch_size)
+        scheduler = make_schedule(optimizer, config.optim, config.trainer.max_epochs)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

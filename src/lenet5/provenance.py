@@ -86,7 +86,7 @@ def mnist_inputs(raw_dir: Path, split_rows: dict[str, tuple[bool, int, int]], da
     for split, (from_train, start, stop) in split_rows.items():
         files = MNIST_FILES[from_train]
         digest = hashlib.sha256(json.dumps([[sha256[f] for f in files], start, stop]).encode()).hexdigest()[:16]
-        meta = MetaDataset(source, name=dataset, digest=digest).to_dict()
+        meta = MetaDataset(source, name=str(dataset), digest=digest).to_dict()
         profile = {"split": split, "num_images": stop - start, "rows": f"{start}:{stop}", "files": list(files)}
         entity = Dataset(
             name=meta["name"], digest=meta["digest"], source_type=meta["source_type"], source=meta["source"],

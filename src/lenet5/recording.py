@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from .config import select
+from .config import Augment
 from .data import MNISTDataModule
 from .distortions import distort
 from .identity import flatten_config
@@ -94,7 +94,7 @@ def record_outcome(run: TrackedRun, cfg: Any, module: LeNet5Module, datamodule: 
     """Everything a trained run records: the test artifacts and its test error (%; NaN with
     data.test=false, a tuning run, which has no test split), the distortions, the network."""
     test_error = log_test_artifacts(run, cfg, module, datamodule) if cfg.data.test else float("nan")
-    if select(cfg, "data.augment") == "paper":
+    if cfg.data.augment == Augment.paper:
         log_distortions(run, datamodule)
     log_network(run, module, datamodule)
     return test_error

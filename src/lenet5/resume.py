@@ -100,6 +100,11 @@ class JobClaim:
             handle.flush()
             self.lock_file = handle
 
+    @classmethod
+    def for_job(cls, cfg: Any) -> JobClaim:
+        """The claim on the job `cfg` describes (its experiment and config hash), as every engine takes it."""
+        return cls(str(cfg.tracking.uri), str(cfg.tracking.experiment), config_hash(cfg), cfg.tracking.heartbeat_s)
+
     def start_heartbeat(self, client: MlflowClient, run_id: str) -> None:
         """Tag `run_id` as ours and keep its heartbeat fresh until `release`."""
         client.log_batch(run_id, tags=[RunTag(OWNER_TAG, self.owner), RunTag(HEARTBEAT_TAG, str(int(time.time())))])

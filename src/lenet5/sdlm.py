@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vjp
 
+from .config import Head
 from .model.activations import squashing_slope
 from .model.lenet5 import LeNet5
 
@@ -71,7 +72,7 @@ def gauss_newton_diagonal(
     params = {name: p.detach() for name, p in params.items()}
     owner = {module: prefix for prefix, module in model.named_modules()}
     stages = model.stages()
-    if model.head_kind == "rbf":
+    if model.head_kind == Head.rbf:
         stages = stages[:-1]  # the RBF layer has nothing to train
 
     # The real forward pass: each layer's input, its pre-activation and f'^2 where f follows.
@@ -91,7 +92,7 @@ def gauss_newton_diagonal(
             _, route = F.max_pool2d(x, layer.kernel_size, ceil_mode=layer.ceil_mode, return_indices=True)
         records.append((layer, x, pre, route, squashing_slope(model.f, pre).square() if squash else None))
         x = model.f(pre) if squash else pre
-    if model.head_kind == "rbf":
+    if model.head_kind == Head.rbf:
         output_curvature = torch.full_like(x, 2.0)
     else:
         probabilities = F.softmax(x, dim=1)

@@ -35,8 +35,9 @@ import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from .compile import CompiledOrEager, compile_mode, compile_setting
-from .config import select
+from .config import Config, OptimName
 from .data import MNISTDataModule
+from .losses import reduce_loss
 from .module import LeNet5Module
 from .optim import make_optimizer, make_schedule
 from .sdlm import gauss_newton_diagonal
@@ -74,7 +75,7 @@ class _PassTotals:
 class _Member:
     """One model's own state besides its weights."""
 
-    cfg: Any
+    config: Config
     batches: Any  # TensorBatches or DistortedBatches, seeded by the model's seed
     schedule_optimizer: torch.optim.Optimizer  # holds the model's current rate; never steps a weight
     scheduler: Any
@@ -83,24 +84,26 @@ class _Member:
 
 
 class StackedTraining:
-    """Trains the K models `modules` (each built by `train.prepare` from its config in `cfgs`)
-    on `datamodule`'s splits (set up on `device`), K jobs that `grouping.stack_key` finds equal.
+    """Trains the K models `modules` (each built by `jobs.prepare` from its job's config, which
+    it holds as `module.config`) on `datamodule`'s splits (set up on `device`), K jobs that
+    `grouping.stack_key` finds equal.
 
     `passes()` runs the training and yields a `PassResult` after each pass; afterwards
     `params` (name -> (K, ...)) hold the trained weights and `write_back()` copies them into
     the modules, so everything written for a single run can be written for each.
     """
 
-    def __init__(self, cfgs: list[Any], modules: list[LeNet5Module], datamodule: MNISTDataModule, device: torch.device):
-        self.cfgs, self.modules, self.datamodule, self.device = cfgs, modules, datamodule, device
+    def __init__(self, modules: list[LeNet5Module], datamodule: MNISTDataModule, device: torch.device):
+        self.modules, self.datamodule, self.device = modules, datamodule, device
+        configs = [module.config for module in modules]
         # The architecture, run with each model's weights in turn: its own weights are never used.
         self.base = copy.deepcopy(modules[0].model).to(device)
-        cfg = cfgs[0]
-        self.loss_fn, self.sum_loss = modules[0].loss_fn, select(cfg, "loss.reduction") == "sum"
-        self.max_epochs, self.batch_size = cfg.trainer.max_epochs, cfg.data.batch_size
-        self.is_sdlm = select(cfg, "optim.name") == "sdlm"
-        if self.is_sdlm:  # read once, not on every step (OmegaConf lookups are slow; grouping makes them equal in a stack)
-            self.curvature_every, self.curvature_gamma = cfg.optim.curvature_every, cfg.optim.curvature_gamma
+        config = configs[0]  # all but seeds and optimizer numbers are equal in a stack (grouping.py)
+        self.loss_fn, self.reduction = modules[0].loss_fn, config.loss.reduction
+        self.max_epochs, self.batch_size = config.trainer.max_epochs, config.data.batch_size
+        self.is_sdlm = config.optim.name == OptimName.sdlm
+        if self.is_sdlm:
+            self.curvature_every, self.curvature_gamma = config.optim.curvature_every, config.optim.curvature_gamma
         stacked, _ = stack_module_state([m.model for m in modules])
         self.params = {name: p.detach().to(device) for name, p in stacked.items()}
         # Every model's gradient and loss in one call; with trainer.compile, compiled whole
@@ -112,7 +115,7 @@ class StackedTraining:
         # each batch before its update (curvature_gamma > 0).
         self.curvature_pass = vmap(lambda p, x: gauss_newton_diagonal(self.base, x, p))
         self.batch_curvature = self.curvature_pass
-        mode = compile_mode(compile_setting(cfg), device)
+        mode = compile_mode(compile_setting(config), device)
         if mode is not None:
             self.gradients = CompiledOrEager(self.gradients, mode)
             if self.is_sdlm:
@@ -120,10 +123,10 @@ class StackedTraining:
                 # network forward, then the squared surrogate forward and back), and compiling
                 # both makes an SDLM stack 1.8x as fast on a CPU (docs/performance.md).
                 self.batch_curvature = CompiledOrEager(self.batch_curvature, mode)
-        self.optimizer = StackedOptimizer(self.params, [c.optim for c in cfgs], self.batch_size)
+        self.optimizer = StackedOptimizer(self.params, [c.optim for c in configs], self.batch_size)
         self.completed = 0  # passes done by every model; `load_member_state` may move it on
         self.members = []
-        for c in cfgs:
+        for c in configs:
             holder = torch.nn.Parameter(torch.zeros(1))
             schedule_optimizer = make_optimizer([holder], c.optim, c.data.batch_size)
             member = _Member(c, datamodule.make_train_batches(seed=c.seed), schedule_optimizer, make_schedule(schedule_optimizer, c.optim, c.trainer.max_epochs))
@@ -137,7 +140,7 @@ class StackedTraining:
         """images (B, 1, S, S), labels (B,) -> (loss, (per-sample loss (B,), head output (B, 10)))."""
         out = functional_call(self.base, params, (images,))
         per_sample = self.loss_fn(out, labels)
-        loss = per_sample.sum() if self.sum_loss else per_sample.mean()
+        loss = reduce_loss(per_sample, self.reduction)
         return loss, (per_sample.detach(), out.detach())
 
     def _predict(self, out: torch.Tensor) -> torch.Tensor:
@@ -150,7 +153,7 @@ class StackedTraining:
         train_images, _ = self.datamodule.splits["train"]
         samples = []
         for member in self.members:
-            index = torch.randperm(len(train_images), generator=member.curvature_generator)[: member.cfg.optim.curvature_samples]
+            index = torch.randperm(len(train_images), generator=member.curvature_generator)[: member.config.optim.curvature_samples]
             samples.append(train_images[index.to(train_images.device)])
             member.patterns_since_estimate = 0
         self.optimizer.set_curvature(self.curvature_pass(self.params, torch.stack(samples)))

@@ -18,11 +18,9 @@ Which settings may differ between the models of one stack (the rest must be equa
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
-
 import torch
 
-from .config import select
+from .config import OptimConfig, OptimName
 from .grouping import STACKABLE_KEYS
 
 
@@ -47,14 +45,14 @@ class StackedOptimizer:
     """The update rule `optim.name` for K stacked models.
 
     `params`: name -> (K, ...) tensor, updated in place by `step`. `optim_cfgs`: the K models'
-    `optim` nodes (same `name` and `betas`; rate, momentum, weight decay and mu may differ).
+    typed `optim` sections (same `name` and `betas`; rate, momentum, weight decay and mu may differ).
     `batch_size` is SDLM's patterns per update (optim.py, `make_optimizer`).
 
     SDLM's h_kk live in `curvature` (name -> (K, ...)), set by `set_curvature`; zero until then.
     """
 
-    def __init__(self, params: dict[str, torch.Tensor], optim_cfgs: list[Any], batch_size: int):
-        names = {select(c, "name") for c in optim_cfgs}
+    def __init__(self, params: dict[str, torch.Tensor], optim_cfgs: list[OptimConfig], batch_size: int):
+        names = {c.name for c in optim_cfgs}
         if len(names) != 1:
             raise ValueError(f"one stack trains with one optimizer, got {sorted(names)}")
         (self.name,) = names
@@ -64,7 +62,7 @@ class StackedOptimizer:
         self.curvature: dict[str, torch.Tensor] = {}
         # The settings as plain numbers, read from the configs once: an OmegaConf lookup per
         # parameter per step was 12 % of a compiled SDLM stack's step on a CPU (profiled).
-        self.settings = {key: tuple(float(c[key]) for c in optim_cfgs) for key in PER_MODEL_SETTINGS}
+        self.settings = {key: tuple(float(getattr(c, key)) for c in optim_cfgs) for key in PER_MODEL_SETTINGS}
         self.betas = tuple(float(b) for b in optim_cfgs[0].betas)  # equal in a stack (grouping.py)
         self.any_momentum = any(self.settings["momentum"])
         self.any_decay = any(self.settings["weight_decay"])
@@ -91,7 +89,7 @@ class StackedOptimizer:
         self.steps += 1
         for name, p in params.items():
             grad = grads[name]
-            if self.name == "sdlm":
+            if self.name == OptimName.sdlm:
                 h = self.curvature.get(name, torch.zeros_like(p))
                 # SDLM.step: p.addcdiv_(grad, mu + h, value=-lr * B), i.e. p + ((value * grad) / denom),
                 # the value formed in double precision as Python forms it.
@@ -100,7 +98,7 @@ class StackedOptimizer:
                 continue
             if self.any_decay:
                 grad = grad + self.setting("weight_decay", p) * p
-            if self.name == "sgd":
+            if self.name == OptimName.sgd:
                 if self.any_momentum:
                     state = self.state[name]
                     if "momentum_buffer" not in state:
@@ -109,7 +107,7 @@ class StackedOptimizer:
                         state["momentum_buffer"].mul_(self.setting("momentum", p)).add_(grad)
                     grad = state["momentum_buffer"]
                 p.add_(per_model([-lr for lr in lrs], p) * grad)
-            elif self.name == "adam":
+            elif self.name == OptimName.adam:
                 self._adam(name, p, grad, lrs)
             else:
                 raise AssertionError(self.name)  # the schema's enum admits nothing else

@@ -33,7 +33,6 @@ others train on. A FAILED run is not resumed: the next launch trains the job ane
 
 from __future__ import annotations
 
-import os
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -44,8 +43,8 @@ import torch
 
 from .callbacks import step_telemetry
 from .config import ConfigError
+from .engine import check_finite, training_device, use_deterministic_kernels
 from .figures import sdlm_steps_figure
-from .identity import config_hash
 from .model.counts import counts_table
 from .recording import job_result, record_outcome, record_setup
 from .resume import (
@@ -54,16 +53,6 @@ from .resume import (
 from .sdlm import PAPER_PASS1_STEPS
 from .stacked import StackedTraining
 from .tracking import TrackedRun, end_run, open_run
-
-
-def training_device(cfg: Any) -> torch.device:
-    """The device `trainer.accelerator` names (auto: a CUDA GPU when present, else the CPU)."""
-    accelerator = str(cfg.trainer.accelerator)
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    if accelerator == "mps":
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -85,12 +74,9 @@ def train_members(cfgs: list[Any], prepared: list[tuple[Any, Any]], todo: list[t
     """Train the jobs `todo` names ((index in `cfgs`, run name, sweep tags)) as stacks, from
     their `prepared` (datamodule, module); {index: result as `jobs.train` returns it}."""
 
-    first_cfg = cfgs[todo[0][0]]
-    device = training_device(first_cfg)
-    if first_cfg.trainer.deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as train.make_trainer: deterministic cuBLAS
-        torch.use_deterministic_algorithms(True, warn_only=True)  # as the single path's Trainer(deterministic="warn")
+    trainer = prepared[todo[0][0]][1].config.trainer  # equal in a stack (grouping.stack_key)
+    device = training_device(trainer)
+    use_deterministic_kernels(trainer.deterministic)
     datamodule = prepared[todo[0][0]][0]
     datamodule.setup()
     datamodule.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in datamodule.splits.items()}
@@ -101,7 +87,7 @@ def train_members(cfgs: list[Any], prepared: list[tuple[Any, Any]], todo: list[t
         for i, name, sweep_tags in todo:
             cfg = cfgs[i]
             try:
-                claim = JobClaim(str(cfg.tracking.uri), str(cfg.tracking.experiment), config_hash(cfg), cfg.tracking.heartbeat_s)
+                claim = JobClaim.for_job(cfg)
                 run = open_run(cfg, name, {**sweep_tags, **stack_tags}, claim)
             except JobBusy as err:
                 print(f"error: {' '.join(str(err).split())}")
@@ -184,7 +170,7 @@ def _train(cfgs, prepared, datamodule, device, jobs: list[_Job]) -> set[int]:
     of each member as a single run does (checkpoint, then metrics and `resume.*` tags in one
     `log_batch`); the members (their index in `cfgs`) that trained to the end. A member whose
     loss became NaN ends FAILED, with no checkpoint of that pass."""
-    training = StackedTraining([cfgs[j.index] for j in jobs], [prepared[j.index][1] for j in jobs], datamodule, device)
+    training = StackedTraining([prepared[j.index][1] for j in jobs], datamodule, device)
     if jobs[0].state is not None:
         training.load_member_states([j.state for j in jobs])
     live = set(range(len(jobs)))
@@ -200,9 +186,11 @@ def _train(cfgs, prepared, datamodule, device, jobs: list[_Job]) -> set[int]:
                     run.log_figure(figure, f"sdlm_steps_pass{result.number:02d}.png")
                     plt.close(figure)
             metrics = result.metrics[k]
-            if not torch.isfinite(torch.tensor(metrics["train_loss"])):
+            try:
+                check_finite(metrics["train_loss"], result.number)
+            except FloatingPointError as err:
                 logger.commit([])
-                end_run(run, FloatingPointError(f"training loss became {metrics['train_loss']} in epoch {result.number}"))
+                end_run(run, err)
                 live.discard(k)
                 continue
             logger.log_metrics(metrics, step=result.number)

@@ -3,18 +3,16 @@ pass (resume.PassCheckpoint), recorded as one MLflow run (recording.py)."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from typing import Any
 
 import lightning as L
-import torch
 
 from .callbacks import EpochThroughput, SDLMCurvature
-from .config import select
+from .config import Config, OptimName
 from .data import MNISTDataModule
-from .identity import config_hash
+from .engine import use_deterministic_kernels
 from .model.counts import counts_table
 from .module import LeNet5Module
 from .recording import job_result, record_outcome, record_setup
@@ -25,27 +23,24 @@ from .tracking import TrackedRun, tracked_run
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
-def make_trainer(cfg: Any, logger, checkpoint: PassCheckpoint | None = None) -> L.Trainer:
-    """The trainer for `cfg`; `checkpoint` (which needs a PassLogger as `logger`) commits every pass."""
-    if torch.cuda.is_available():
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+def make_trainer(config: Config, logger, checkpoint: PassCheckpoint | None = None) -> L.Trainer:
+    """The trainer for `config`; `checkpoint` (which needs a PassLogger as `logger`) commits every pass."""
+    use_deterministic_kernels(config.trainer.deterministic)
     # The checkpoint goes first: it must save the state from before any callback draws or logs.
     callbacks: list[L.Callback] = ([checkpoint] if checkpoint is not None else []) + [EpochThroughput()]
-    if select(cfg, "optim.name") == "sdlm":
-        optim = cfg.optim
-        callbacks.append(SDLMCurvature(optim.curvature_samples, cfg.seed, optim.curvature_every, optim.curvature_gamma))
+    if config.optim.name == OptimName.sdlm:
+        optim = config.optim
+        callbacks.append(SDLMCurvature(optim.curvature_samples, config.seed, optim.curvature_every, optim.curvature_gamma))
     return L.Trainer(
-        max_epochs=cfg.trainer.max_epochs,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
+        max_epochs=config.trainer.max_epochs,
+        accelerator=config.trainer.accelerator,
+        devices=config.trainer.devices,
         logger=logger,
         callbacks=callbacks,
-        # "warn": deterministic kernels wherever PyTorch has them (all of them on the CPU),
-        # a warning rather than a crash for the few GPU ops that have none.
-        deterministic="warn" if cfg.trainer.deterministic else False,
+        deterministic=None,  # set above, as the stack sets it: Lightning leaves the flags alone
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_progress_bar=config.trainer.progress_bar,
         num_sanity_val_steps=0,
     )
 
@@ -59,7 +54,7 @@ def train_single(cfg: Any, datamodule: MNISTDataModule, module: LeNet5Module, na
     Returns {"run_id", "run_name", "test_error" (%), "tracking_uri", "experiment"}.
     """
     counts = counts_table(module.model)
-    claim = JobClaim(str(cfg.tracking.uri), str(cfg.tracking.experiment), config_hash(cfg), cfg.tracking.heartbeat_s)
+    claim = JobClaim.for_job(cfg)
     try:
         with tracked_run(cfg, name, sweep_tags, claim) as run, tempfile.TemporaryDirectory() as scratch:
             if run.resumed is None:
@@ -70,7 +65,7 @@ def train_single(cfg: Any, datamodule: MNISTDataModule, module: LeNet5Module, na
                 ckpt_path = download_checkpoint(run.client, run.resumed, scratch)
                 print(f"resume: run {run.run_id} from pass {committed} of {cfg.trainer.max_epochs}")
 
-            trainer = make_trainer(cfg, run.lightning_logger(), PassCheckpoint(run.client, run.run_id, committed))
+            trainer = make_trainer(module.config, run.lightning_logger(), PassCheckpoint(run.client, run.run_id, committed))
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
             if trainer.interrupted:
                 raise KeyboardInterrupt

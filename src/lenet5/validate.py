@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import Config, ConfigError, check_compatible, select
+from .config import Augment, Config, ConfigError, Preprocess, check_compatible
 
 #: Accelerator names Lightning accepts (`gpu` picks CUDA or MPS, whichever the machine has).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -133,7 +133,7 @@ def check_ranges(cfg: Any) -> None:
         data.test or data.val_size > 0, "data.test", data.test,
         "with data.val_size=0 evaluates nothing; hold out a validation split (data.val_size=10000) or use data.test=true",
     )  # fmt: skip
-    if select(cfg, "data.augment") == "paper":
+    if cfg.data.augment == Augment.paper:
         _require(
             data.distorted_copies >= 1, "data.distorted_copies", data.distorted_copies,
             "with data.augment=paper adds no distorted image; use data.distorted_copies>=1 or data.augment=none",
@@ -147,7 +147,7 @@ def check_ranges(cfg: Any) -> None:
 def check_distortion(cfg: Any) -> None:
     """The distortion half-widths must keep every affine map invertible and the digit in view."""
     d = cfg.data.distortion
-    size = 32 if select(cfg, "data.preprocess") == "paper" else 28
+    size = 32 if cfg.data.preprocess == Preprocess.paper else 28
     # scale and squeeze draw factors in 1 +- w: w >= 1 allows a factor <= 0 (a singular map).
     for name in ("scale", "squeeze"):
         _require(0 <= d[name] < 1, f"data.distortion.{name}", d[name], "must be in [0, 1) (factors are drawn in 1 +- it)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import Activation
+
 #: Paper, Appendix A: f(a) = A tanh(S a) with A = 1.7159 and S = 2/3, chosen so that
 #: f(+-1) = +-1 and the second derivative of f peaks at +-1 (the RBF targets are +-1).
 SCALED_TANH_AMPLITUDE = 1.7159
@@ -37,13 +39,13 @@ def squashing_slope(squash: nn.Module, a: torch.Tensor) -> torch.Tensor:
     return _SLOPES[type(squash)](a)
 
 
-def make_activation(name: str) -> nn.Module:
-    """`scaled_tanh`, `tanh`, `sigmoid`, `relu` or `none` (identity) as a module."""
+def make_activation(kind: Activation) -> nn.Module:
+    """The squashing function `kind` as a module (`none`: the identity)."""
     factories = {
-        "scaled_tanh": ScaledTanh,
-        "tanh": nn.Tanh,
-        "sigmoid": nn.Sigmoid,
-        "relu": nn.ReLU,
-        "none": nn.Identity,
+        Activation.scaled_tanh: ScaledTanh,
+        Activation.tanh: nn.Tanh,
+        Activation.sigmoid: nn.Sigmoid,
+        Activation.relu: nn.ReLU,
+        Activation.none: nn.Identity,
     }
-    return factories[name]()
+    return factories[kind]()

@@ -6,12 +6,10 @@ tutorial systems of the reference are all configurations of this class.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from ..config import ConfigError, select
+from ..config import C3, ActivationAt, ConfigError, Head, ModelConfig
 from .activations import make_activation
 from .c3 import C3_CONNECTION_TABLE, TableConv2d
 from .init import initialize
@@ -26,37 +24,36 @@ class LeNet5(nn.Module):
     """Input (N, 1, S, S) images (S = 32 for the paper, 28 for the tutorials) ->
     (N, 10) RBF distances (smaller = more likely) or logits (larger = more likely).
 
-    `model_cfg` is the `model` node of the config (see `lenet5.config.ModelConfig`).
+    `config` is the config's `model` section as a typed object (`lenet5.config.as_config`).
     """
 
-    def __init__(self, model_cfg: Any, input_size: int = 32):
+    def __init__(self, config: ModelConfig, input_size: int = 32):
         super().__init__()
-        choice = lambda key: select(model_cfg, key)  # noqa: E731  (enum or plain string -> str)
-        self.activation_at = choice("activation_at")
-        self.head_kind = choice("head")
+        self.activation_at = config.activation_at
+        self.head_kind = config.head
         self.input_size = input_size
-        self.f = make_activation(choice("activation"))
+        self.f = make_activation(config.activation)
 
-        self.c1 = nn.Conv2d(1, C1_MAPS, model_cfg.c1_kernel, padding=model_cfg.c1_padding)
-        self.s2 = make_pool(choice("pool"), C1_MAPS)
-        if choice("c3") == "table":
-            self.c3 = TableConv2d(C1_MAPS, C3_CONNECTION_TABLE, C3_C5_KERNEL, padding=model_cfg.c3_padding)
+        self.c1 = nn.Conv2d(1, C1_MAPS, config.c1_kernel, padding=config.c1_padding)
+        self.s2 = make_pool(config.pool, C1_MAPS)
+        if config.c3 == C3.table:
+            self.c3 = TableConv2d(C1_MAPS, C3_CONNECTION_TABLE, C3_C5_KERNEL, padding=config.c3_padding)
         else:
-            self.c3 = nn.Conv2d(C1_MAPS, C3_MAPS, C3_C5_KERNEL, padding=model_cfg.c3_padding)
-        self.s4 = make_pool(choice("pool"), C3_MAPS)
+            self.c3 = nn.Conv2d(C1_MAPS, C3_MAPS, C3_C5_KERNEL, padding=config.c3_padding)
+        self.s4 = make_pool(config.pool, C3_MAPS)
         # C5 is a convolution: over the paper's 5x5 S4 maps it is fully connected (1x1 output),
         # over a larger map (the TF tutorial's 7x7 with SAME padding) it is not.
-        self.c5 = nn.Conv2d(C3_MAPS, C5_UNITS, C3_C5_KERNEL, padding=model_cfg.c5_padding)
-        self.f6 = nn.Linear(C5_UNITS * self._c5_area(model_cfg), model_cfg.f6_width)
-        if self.head_kind == "rbf":
-            if model_cfg.f6_width != 84:
-                raise ConfigError(f"model.head=rbf needs model.f6_width=84 (7x12 bitmaps), got {model_cfg.f6_width}")
+        self.c5 = nn.Conv2d(C3_MAPS, C5_UNITS, C3_C5_KERNEL, padding=config.c5_padding)
+        self.f6 = nn.Linear(C5_UNITS * self._c5_area(config), config.f6_width)
+        if self.head_kind == Head.rbf:
+            if config.f6_width != 84:
+                raise ConfigError(f"model.head=rbf needs model.f6_width=84 (7x12 bitmaps), got {config.f6_width}")
             self.output = RBFOutput()
         else:
-            self.output = nn.Linear(model_cfg.f6_width, CLASSES)
-        initialize(self, choice("init"), model_cfg.init_gain)
+            self.output = nn.Linear(config.f6_width, CLASSES)
+        initialize(self, config.init, config.init_gain)
 
-    def _c5_area(self, model_cfg: Any) -> int:
+    def _c5_area(self, config: ModelConfig) -> int:
         """Spatial area of C5's output, found by running C1-C5 on a blank image."""
         x = torch.zeros(1, 1, self.input_size, self.input_size)
         try:
@@ -66,8 +63,8 @@ class LeNet5(nn.Module):
         except RuntimeError as err:
             raise ConfigError(
                 f"model geometry does not fit a {self.input_size}x{self.input_size} input "
-                f"(model.c1_kernel={model_cfg.c1_kernel}, c1_padding={model_cfg.c1_padding}, "
-                f"c3_padding={model_cfg.c3_padding}, c5_padding={model_cfg.c5_padding}): "
+                f"(model.c1_kernel={config.c1_kernel}, c1_padding={config.c1_padding}, "
+                f"c3_padding={config.c3_padding}, c5_padding={config.c5_padding}): "
                 f"{str(err).splitlines()[0]}; use data.preprocess=paper (32x32) or more padding"
             ) from None
         return x.shape[-1] * x.shape[-2]
@@ -78,8 +75,8 @@ class LeNet5(nn.Module):
         The paper squashes every convolution's and every subsampling's output
         (`activation_at=both`); `before_pool`/`after_pool` keep only one of the two.
         """
-        after_conv = self.activation_at in ("both", "before_pool")
-        after_pool = self.activation_at in ("both", "after_pool")
+        after_conv = self.activation_at in (ActivationAt.both, ActivationAt.before_pool)
+        after_pool = self.activation_at in (ActivationAt.both, ActivationAt.after_pool)
         return [
             (self.c1, after_conv),  # (N, 6, 28, 28) for the paper
             (self.s2, after_pool),  # (N, 6, 14, 14)
@@ -121,7 +118,7 @@ class LeNet5(nn.Module):
 
     def scores(self, out: torch.Tensor) -> torch.Tensor:
         """Head output -> class scores, larger = more likely (negated distances for RBF)."""
-        return -out if self.head_kind == "rbf" else out
+        return -out if self.head_kind == Head.rbf else out
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         """Head output (N, 10) -> predicted class (N,): argmin distance (RBF) or argmax logit."""

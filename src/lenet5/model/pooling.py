@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Pool
+
 #: Each subsampling unit sees a 2x2 block of its input map.
 WINDOW = 2
 
@@ -41,13 +43,13 @@ class Subsampling(nn.Module):
         return f"channels={self.channels}, window={WINDOW}x{WINDOW}"
 
 
-def make_pool(kind: str, channels: int) -> nn.Module:
+def make_pool(kind: Pool, channels: int) -> nn.Module:
     """`subsample` (paper), `max` or `avg`; all halve each spatial side.
 
     `ceil_mode` keeps odd sides from losing their last row (TF's SAME pooling).
     """
-    if kind == "subsample":
+    if kind == Pool.subsample:
         return Subsampling(channels)
-    if kind == "max":
+    if kind == Pool.max:
         return nn.MaxPool2d(WINDOW, ceil_mode=True)
     return nn.AvgPool2d(WINDOW, ceil_mode=True)
