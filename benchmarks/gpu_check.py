@@ -271,7 +271,7 @@ def fit(cfg, metrics: tuple[str, ...] = ()) -> Fit:
             self.take(trainer)
 
     datamodule, module = prepare(cfg, check_tracking=False)
-    trainer = make_trainer(cfg, logger=False)
+    trainer = make_trainer(module.config, logger=False)
     per_pass = PerPass()
     trainer.callbacks.append(per_pass)
     with compiler_watch() as seen:

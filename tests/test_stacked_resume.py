@@ -75,7 +75,10 @@ def _assert_trained_as_uninterrupted(store: str, run, expected_id: str, seed: st
         elif key.endswith("_error"):
             assert all(abs(x - y) <= 100.0 / min(TRAIN, TEST) + 1e-9 for (_, x), (_, y) in zip(got, want)), key
         else:
-            assert [y for _, y in got] == pytest.approx([x for _, x in want], rel=1e-3), key
+            # SDLM's telemetry is a min, median or max over thousands of eta/(mu + h_kk): one
+            # parameter's rounding moves it, so it gets ten times the losses' tolerance.
+            rel = 1e-2 if key.startswith("sdlm/") else 1e-3
+            assert [y for _, y in got] == pytest.approx([x for _, x in want], rel=rel), key
     assert [step for step, _ in _history(client, run.info.run_id, "test_error")] == list(range(1, PASSES + 1))
     w_resumed, w_whole = _weights(store, run.info.run_id), _weights(store, expected_id)
     missed = torch.cat([(w_resumed[n] - w_whole[n]).flatten() for n in w_whole]).norm()
@@ -157,8 +160,8 @@ def test_members_stopped_at_different_passes_resume_as_stacks_of_their_own_pass(
 
 @pytest.mark.slow
 def test_a_job_killed_in_a_stack_is_resumed_by_a_single_run_launch(reference, monkeypatch, capsys):
-    """A member's checkpoint holds that model alone: `train` (one job, no sweep) continues it,
-    as a stack of one, in its own run, rather than loading it as a Lightning checkpoint."""
+    """A member's checkpoint holds that model alone, in the format a single run saves: `train`
+    (one job, no sweep) continues it in Lightning's loop, in its own run."""
     from lenet5.jobs import train
 
     store, whole = reference
@@ -172,6 +175,36 @@ def test_a_job_killed_in_a_stack_is_resumed_by_a_single_run_launch(reference, mo
     assert f"resume: run {ghost.info.run_id} from pass 1 of {PASSES}" in capsys.readouterr().out
     assert result["run_id"] == ghost.info.run_id
     _assert_trained_as_uninterrupted(store, _members(store, "alone")["1"], whole["1"]["run_id"], "1", exact=False)
+
+
+@pytest.mark.slow
+def test_a_single_run_killed_after_pass_one_is_continued_by_a_stack(reference, capsys):
+    """The other way round: Lightning's loop saves the same format, so a stack launch continues
+    a job killed (SIGKILL) while training alone, beside a fresh job, each in its own run."""
+    store, whole = reference
+    cfgs = [compose(*_overrides(store, "joined"), f"seed={seed}") for seed in SEEDS]
+    job = launch(*_overrides(store, "joined"), "seed=1")
+    try:
+        wait_for(lambda: _committed_pass(store, "joined", "1") >= 1, what="pass 1 to be committed")
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    ghost = _members(store, "joined")["1"]
+    committed = int(ghost.data.tags[PASS_TAG])
+    assert ghost.info.status == "RUNNING" and ghost.data.tags[CHECKPOINT_TAG] == f"checkpoints/slot{committed % 2}.pt"
+
+    capsys.readouterr()
+    results = train_stack(cfgs)
+    assert f"resume: run {ghost.info.run_id} from pass {committed} of {PASSES}" in capsys.readouterr().out
+    assert results[1]["run_id"] == ghost.info.run_id
+    members = _members(store, "joined")
+    for seed in map(str, SEEDS):
+        _assert_trained_as_uninterrupted(store, members[seed], whole[seed]["run_id"], seed, exact=False)
+
+
+def _committed_pass(store: str, experiment: str, seed: str) -> int:
+    run = _members(store, experiment).get(seed)
+    return int(run.data.tags.get(PASS_TAG, 0)) if run is not None else 0
 
 
 @pytest.mark.parametrize(

@@ -55,13 +55,7 @@ class SDLMCurvature(L.Callback):
     def __init__(self, samples: int, seed: int, every: int = 0, gamma: float = 0.0):
         self.samples, self.every, self.gamma = samples, every, gamma
         self.generator = torch.Generator().manual_seed(seed + 1)  # not the shuffling stream
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "patterns_since_estimate": getattr(self, "patterns_since_estimate", 0)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.patterns_since_estimate = state["patterns_since_estimate"]
+        self.patterns_since_estimate = 0
 
     def _estimate(self, trainer: L.Trainer, pl_module, images: torch.Tensor, weight: float = 1.0) -> None:
         diagonal = gauss_newton_diagonal(pl_module.model, images)
@@ -76,11 +70,11 @@ class SDLMCurvature(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self._estimate_on_sample(trainer, pl_module)
-        pass_number = trainer.current_epoch + 1
+        pass_number = pl_module.passes_done + 1
         steps = layer_steps(pl_module.model, trainer.optimizers[0])
         if trainer.logger is not None:
             trainer.logger.log_metrics(step_telemetry(steps), step=pass_number)
-            if pass_number in (1, trainer.max_epochs):
+            if pass_number in (1, pl_module.config.trainer.max_epochs):
                 figure = sdlm_steps_figure({layer: s for layer, (s, _) in steps.items()}, pass_number, PAPER_PASS1_STEPS)
                 trainer.logger.experiment.log_figure(trainer.logger.run_id, figure, f"sdlm_steps_pass{pass_number:02d}.png")
                 plt.close(figure)

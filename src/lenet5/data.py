@@ -141,7 +141,6 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
         self.dataset = data_cfg.dataset
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.checked = False
-        self.order_state: torch.Tensor | None = None
 
     @property
     def input_size(self) -> int:
@@ -200,21 +199,9 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
         return PAPER_BACKGROUND if self.mode == Preprocess.paper else 0.0
 
     def train_dataloader(self) -> TensorBatches | DistortedBatches:
+        # Kept: a run's checkpoint holds its generator's state (LeNet5Module.training_state).
         self.train_batches = self.make_train_batches()
-        if self.order_state is not None:
-            self.train_batches.generator.set_state(self.order_state)
-            self.order_state = None
         return self.train_batches
-
-    def state_dict(self) -> dict:
-        """The training order's generator (saved in checkpoints: a resumed run draws the
-        same order for its next pass as an uninterrupted one)."""
-        batches = getattr(self, "train_batches", None)
-        return {"order_generator": batches.generator.get_state()} if batches is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        # Lightning restores this before it asks for the training batches.
-        self.order_state = state.get("order_generator")
 
     def make_train_batches(self, seed: int | None = None) -> TensorBatches | DistortedBatches:
         """The training batches, their order (and distortions) drawn from `seed` (default: the module's)."""

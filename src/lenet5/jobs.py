@@ -1,7 +1,8 @@
 """A training job from its config to its MLflow run: the checks that can refuse it, a sweep's
 reuse of a finished run, and the engine that trains it, Lightning's loop for a single job
-(train.py) or the stack (stacked_train.py). The two engines share what a run records
-(recording.py) and never call each other: a job killed in one engine continues in it."""
+(train.py) or the stack (stacked_train.py). The two engines never call each other; they
+share the rules of training (engine.py), the checkpoint format (checkpoint.py), so a job
+killed in one continues in either, and what a run records (recording.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from .model.counts import counts_table
 from .module import LeNet5Module
 from .presets import preset_factors
 from .recording import job_result
-from .resume import LIGHTNING_SUFFIX, STACK_MEMBER_SUFFIX, pending_checkpoint
 from .stacked_train import train_members
 from .store import check_store
 from .sweep import find_finished, reuse_finished, sweep_context
@@ -62,9 +62,8 @@ def sweep_membership(cfg: Any, name: str) -> tuple[dict[str, Any] | None, dict[s
 
 
 def train(cfg: Any) -> dict[str, Any]:
-    """Train the variant `cfg` describes and record it as one MLflow run, or return the
-    FINISHED run a sweep reuses. A job killed while training in a stack holds a stack
-    member's checkpoint: it continues in the stack engine, as a stack of one.
+    """Train the variant `cfg` describes and record it as one MLflow run (continuing a
+    killed run of it, whichever engine trained it), or return the FINISHED run a sweep reuses.
 
     Returns {"run_id", "run_name", "test_error" (%), "tracking_uri", "experiment"}.
     """
@@ -74,9 +73,6 @@ def train(cfg: Any) -> dict[str, Any]:
     done, sweep_tags = sweep_membership(cfg, name)
     if done is not None:
         return done
-    pending = pending_checkpoint(cfg)
-    if pending is not None and pending.endswith(STACK_MEMBER_SUFFIX):
-        return train_members([cfg], [(datamodule, module)], [(0, name, sweep_tags)])[0]
     return train_single(cfg, datamodule, module, name, sweep_tags)
 
 
@@ -89,22 +85,18 @@ def train_stack(cfgs: list[Any]) -> list[dict[str, Any]]:
         raise ConfigError(f"these {len(cfgs)} jobs differ in more than seed and optimizer numbers and cannot train as one stack")
     prepared = [prepare(c, check_data=i == 0, check_tracking=i == 0) for i, c in enumerate(cfgs)]
     results: list[dict[str, Any] | None] = [None] * len(cfgs)
-    todo, alone = [], []
-    for i, (cfg, (_, module)) in enumerate(zip(cfgs, prepared)):
+    todo = []
+    for i, cfg in enumerate(cfgs):
         name = run_name(cfg, preset_factors(str(cfg.experiment)))
         done, sweep_tags = sweep_membership(cfg, name)
-        pending = pending_checkpoint(cfg) if done is None else None
         if done is not None:
             results[i] = done
-        elif pending is not None and pending.endswith(LIGHTNING_SUFFIX):
-            alone.append(i)  # killed on the single-run path: it continues there, from its own checkpoint
         else:
-            todo.append((i, name, sweep_tags, pending))
-    if len(todo) == 1 and todo[0][3] is None:  # a fresh stack of one is a single run: the ordinary path
-        alone.append(todo.pop()[0])
-    if todo:
-        for i, result in train_members(cfgs, prepared, [t[:3] for t in todo]).items():
+            todo.append((i, name, sweep_tags))
+    if len(todo) == 1:  # a stack of one is a single run: the ordinary path
+        (i, name, sweep_tags), = todo
+        results[i] = train_single(cfgs[i], *prepared[i], name, sweep_tags)
+    elif todo:
+        for i, result in train_members(cfgs, prepared, todo).items():
             results[i] = result
-    for i in alone:
-        results[i] = train(cfgs[i])
     return results  # type: ignore[return-value]

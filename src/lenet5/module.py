@@ -3,22 +3,29 @@
 Logged once per epoch, with MLflow step = epochs completed (1, 2, ...): `train_loss`,
 `train_error` (running error over the epoch, %), `test_error` and `val_error` (%, after
 the epoch), `lr` (the rate that epoch trained with).
+
+A run continued from a checkpoint (checkpoint.py) trains its remaining passes in a Trainer of
+that many epochs: `first_pass` passes are done before it starts, and every pass number
+logged or saved counts them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from . import checkpoint
+from .callbacks import SDLMCurvature
 from .compile import CompiledOrEager, compile_mode, compile_setting
 from .config import Config
 from .engine import check_finite
 from .losses import make_loss, reduce_loss
 from .model.lenet5 import CLASSES, LeNet5
 from .optim import make_optimizer, make_schedule
-from .resume import rng_state, set_rng_state
 
 
 class LeNet5Module(L.LightningModule):
@@ -40,6 +47,49 @@ class LeNet5Module(L.LightningModule):
             {name: MulticlassAccuracy(CLASSES, average="micro", validate_args=False) for name in eval_split_names}
         )
         self.train_forward: CompiledOrEager | None = None  # set once the device is known
+        self.first_pass, self.first_steps = 0, 0
+        self.resumed: dict[str, Any] | None = None  # the checkpoint being continued, until its optimizer state is in
+
+    @property
+    def passes_done(self) -> int:
+        """Passes completed: at a pass's start, those before it; after training, all of them."""
+        return self.first_pass + self.current_epoch
+
+    def continue_from(self, state: dict[str, Any]) -> None:
+        """Start from checkpoint `state` (checkpoint.py): its weights now, its optimizer and
+        schedule once the Trainer has built them (on_train_start). Call before `fit`."""
+        checkpoint.load_weights(self.model, state)
+        self.first_pass, self.first_steps, self.resumed = state["pass"], state["optimizer_steps"], state
+
+    def training_state(self) -> dict[str, Any]:
+        """This model's checkpoint (checkpoint.py) as training stands: call between passes
+        (`resume.PassCheckpoint` does, as a pass starts and when training ends)."""
+        trainer = self.trainer
+        schedulers = trainer.lr_scheduler_configs
+        sdlm = next((c for c in trainer.callbacks if isinstance(c, SDLMCurvature)), None)
+        steps = self.first_steps + trainer.global_step
+        return {
+            "pass": self.passes_done,
+            **checkpoint.optimizer_fields(self.model, trainer.optimizers[0], schedulers[0].scheduler if schedulers else None, steps),
+            "order_generator": trainer.datamodule.train_batches.generator.get_state(),
+            "curvature_generator": sdlm.generator.get_state() if sdlm is not None else None,
+            "patterns_since_estimate": sdlm.patterns_since_estimate if sdlm is not None else 0,
+        }
+
+    def on_train_start(self) -> None:
+        # The Trainer has built the optimizer, the schedule and the training batches by now,
+        # and drawn nothing yet: the rest of the checkpoint goes in here, in one place.
+        if self.resumed is None:
+            return
+        state, trainer = self.resumed, self.trainer
+        schedulers = trainer.lr_scheduler_configs
+        checkpoint.load_optimizer_fields(self.model, trainer.optimizers[0], schedulers[0].scheduler if schedulers else None, state)
+        trainer.datamodule.train_batches.generator.set_state(state["order_generator"])
+        sdlm = next((c for c in trainer.callbacks if isinstance(c, SDLMCurvature)), None)
+        if sdlm is not None:
+            sdlm.generator.set_state(state["curvature_generator"])
+            sdlm.patterns_since_estimate = state["patterns_since_estimate"]
+        self.resumed = None
 
     def on_fit_start(self) -> None:
         mode = compile_mode(compile_setting(self.config), self.device)
@@ -67,11 +117,11 @@ class LeNet5Module(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         loss = self.train_loss.compute()
-        check_finite(loss, self.current_epoch + 1)
+        check_finite(loss, self.passes_done + 1)
         self.log("train_loss", loss)
         self.log("train_error", 100.0 * (1.0 - self.train_accuracy.compute()))
         self.log("lr", self.epoch_lr)
-        self.log("step", float(self.current_epoch + 1))  # Lightning sends this as the MLflow step
+        self.log("step", float(self.passes_done + 1))  # Lightning sends this as the MLflow step
         self.train_loss.reset()
         self.train_accuracy.reset()
 
@@ -83,13 +133,7 @@ class LeNet5Module(L.LightningModule):
         for name, accuracy in self.eval_accuracy.items():
             self.log(f"{name}_error", 100.0 * (1.0 - accuracy.compute()), add_dataloader_idx=False)
             accuracy.reset()
-        self.log("step", float(self.current_epoch + 1))
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng"] = rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        set_rng_state(checkpoint["rng"])
+        self.log("step", float(self.passes_done + 1))
 
     def configure_optimizers(self):
         config = self.config

@@ -9,20 +9,22 @@ Three pieces:
   tag (`resume.heartbeat`, unix seconds, refreshed every `tracking.heartbeat_s`), which is
   what a server store on other machines has to go by: an unfinished run whose heartbeat is
   older than `STALE_HEARTBEATS` intervals has a dead owner.
-- **A checkpoint per pass, committed with the pass's metrics.** `PassCheckpoint` saves
-  Lightning's checkpoint (network, optimizer incl. SDLM's h_kk, schedule, loop counters,
-  the data order's and the curvature sample's generators, the global RNG) at the start of
-  every pass after the first and at the end of training, uploads it as a run artifact, and
-  then sends the pass's buffered metrics and the tags that point at the checkpoint in one
-  `log_batch`: one transaction, so the store holds a pass's metrics exactly when it holds
-  the checkpoint that follows them. A job killed mid-pass resumes from the last committed
-  pass and logs the lost pass once, never twice.
-- **Takeover.** `train` looks for an unfinished run of the same job before creating one:
-  with a checkpoint it continues there (`trainer.fit(ckpt_path=...)`); without one (died in
-  pass 1) it is marked KILLED and a new run starts.
+- **A checkpoint per pass, committed with the pass's metrics.** `commit_pass` uploads the
+  model's checkpoint (checkpoint.py: network, optimizer incl. SDLM's h_kk, schedule, the
+  data order's and the curvature sample's generators; one format, whichever engine trains)
+  at the start of every pass after the first and at the end of training, and then sends the
+  pass's buffered metrics and the tags that point at the checkpoint in one `log_batch`: one
+  transaction, so the store holds a pass's metrics exactly when it holds the checkpoint that
+  follows them. A job killed mid-pass resumes from the last committed pass and logs the lost
+  pass once, never twice. `PassCheckpoint` does this for Lightning's loop; the stack calls
+  `commit_pass` itself.
+- **Takeover.** A launch looks for an unfinished run of the same job before creating one:
+  with a checkpoint it continues there, in either engine; without one (died in pass 1, or a
+  checkpoint in Lightning's `.ckpt` format of earlier versions) it is marked KILLED and a
+  new run starts.
 
-Checkpoints alternate between two artifact slots (`checkpoints/slot0.ckpt`, `slot1.ckpt`) so
-a kill during an upload never damages the one the tags point at; both are deleted once the
+Checkpoints alternate between two artifact slots (`checkpoints/slot0.pt`, `slot1.pt`) so a
+kill during an upload never damages the one the tags point at; both are deleted once the
 run is FINISHED (the trained network stays as the run's MLflow model).
 """
 
@@ -43,6 +45,7 @@ import torch
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
+from . import checkpoint
 from .config import ConfigError
 from .identity import config_hash
 from .store import sqlite_path
@@ -52,8 +55,6 @@ CHECKPOINT_TAG = "resume.checkpoint"  # artifact path of that checkpoint
 OWNER_TAG = "resume.owner"  # host:pid:token of the process training the run
 HEARTBEAT_TAG = "resume.heartbeat"  # unix seconds of the owner's last sign of life
 CHECKPOINT_DIR = "checkpoints"
-#: A single run's checkpoint is Lightning's; a stack member's is `StackedTraining.member_state`'s dict.
-LIGHTNING_SUFFIX, STACK_MEMBER_SUFFIX = ".ckpt", ".pt"
 #: An owner that missed this many heartbeats in a row is taken for dead.
 STALE_HEARTBEATS = 3
 #: Seconds between claiming a run on a server store and reading the claim back.
@@ -155,22 +156,9 @@ def unfinished_runs(client: MlflowClient, experiment_id: str, job_hash: str) -> 
     return [run for run in runs if run.info.status in ("RUNNING", "KILLED")]
 
 
-def resumable_run(client: MlflowClient, experiment_id: str, job_hash: str):
-    """The unfinished run with a checkpoint that `claim_run` would continue, or None; claims
-    nothing (a launch looks first to see whose checkpoint format it holds, stacked_train.py)."""
-    return next((run for run in unfinished_runs(client, experiment_id, job_hash) if CHECKPOINT_TAG in run.data.tags), None)
-
-
-def pending_checkpoint(cfg: Any) -> str | None:
-    """The artifact path (`checkpoints/slot<k><suffix>`) of the checkpoint job `cfg` would
-    resume from, or None (nothing to resume, or `tracking.resume` false). Reads only."""
-
-    if not cfg.tracking.resume:
-        return None
-    client = MlflowClient(tracking_uri=str(cfg.tracking.uri))
-    experiment = client.get_experiment_by_name(str(cfg.tracking.experiment))
-    run = resumable_run(client, experiment.experiment_id, config_hash(cfg)) if experiment is not None else None
-    return run.data.tags[CHECKPOINT_TAG] if run is not None else None
+def has_checkpoint(run) -> bool:
+    """Whether `run` holds a checkpoint this version can continue from (checkpoint.py's format)."""
+    return run.data.tags.get(CHECKPOINT_TAG, "").endswith(checkpoint.SUFFIX)
 
 
 def claim_run(client: MlflowClient, claim: JobClaim, experiment_id: str, job_hash: str, resume: bool = True):
@@ -187,10 +175,11 @@ def claim_run(client: MlflowClient, claim: JobClaim, experiment_id: str, job_has
                 f"this job (config {job_hash}) is being trained in run {run.info.run_id} by "
                 f"{run.data.tags.get(OWNER_TAG, 'a process')} (heartbeat within {STALE_HEARTBEATS * claim.heartbeat_s:.0f} s)"
             )
-        if resume and resumable is None and CHECKPOINT_TAG in run.data.tags:
+        if resume and resumable is None and has_checkpoint(run):
             resumable = run
         elif run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "failure_reason", "its process died before a checkpoint; the job was started again")
+            reason = "its process died before a checkpoint" if CHECKPOINT_TAG not in run.data.tags else "its checkpoint is in an older format"
+            client.set_tag(run.info.run_id, "failure_reason", f"{reason}; the job was started again")
             client.set_terminated(run.info.run_id, "KILLED")
     if resumable is None:
         return None
@@ -223,6 +212,15 @@ def download_checkpoint(client: MlflowClient, run, folder: str) -> str:
     return client.download_artifacts(run.info.run_id, run.data.tags[CHECKPOINT_TAG], folder)
 
 
+def load_checkpoint(client: MlflowClient, run) -> dict[str, Any]:
+    """The checkpoint (checkpoint.py) that `run` last committed, checked against its pass tag."""
+    with tempfile.TemporaryDirectory() as scratch:
+        state = checkpoint.load(download_checkpoint(client, run, scratch))
+    if state["pass"] != int(run.data.tags[PASS_TAG]):
+        raise ConfigError(f"run {run.info.run_id}: its checkpoint is of pass {state['pass']}, its {PASS_TAG} tag says {run.data.tags[PASS_TAG]}")
+    return state
+
+
 def delete_checkpoints(client: MlflowClient, run_id: str) -> None:
     """Remove the run's checkpoint slots (called once it is FINISHED); a store whose
     artifact repository cannot delete keeps them, which costs space, not correctness."""
@@ -234,17 +232,17 @@ def delete_checkpoints(client: MlflowClient, run_id: str) -> None:
         pass
 
 
-def commit_pass(client: MlflowClient, run_id: str, logger, completed: int, save: Callable[[str], None], suffix: str = LIGHTNING_SUFFIX) -> None:
-    """Commit pass `completed` (1-based) of run `run_id`: `save(path)` writes the checkpoint,
-    uploaded to `checkpoints/slot<completed mod 2><suffix>`; then `logger` (a `tracking.PassLogger`
-    holding the pass's metrics) sends them, `checkpoint_s` and the tags pointing at the
-    checkpoint in one `log_batch`. Killed anywhere in between, the store still points at the
-    previous pass's slot, which this upload never touches."""
-    slot = f"slot{completed % 2}{suffix}"
+def commit_pass(client: MlflowClient, run_id: str, logger, completed: int, state: Callable[[], dict[str, Any]]) -> None:
+    """Commit pass `completed` (1-based) of run `run_id`: the checkpoint `state()` returns
+    (checkpoint.py) is uploaded to `checkpoints/slot<completed mod 2>.pt`; then `logger` (a
+    `tracking.PassLogger` holding the pass's metrics) sends them, `checkpoint_s` and the tags
+    pointing at the checkpoint in one `log_batch`. Killed anywhere in between, the store still
+    points at the previous pass's slot, which this upload never touches."""
+    slot = f"slot{completed % 2}{checkpoint.SUFFIX}"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, slot)
-        save(path)
+        checkpoint.save(state(), path)
         client.log_artifact(run_id, path, CHECKPOINT_DIR)
     # What resuming costs each pass (save + upload; `checkpoint_s`, MLflow step = pass).
     logger.log_metrics({"checkpoint_s": time.perf_counter() - started}, step=completed)
@@ -252,8 +250,8 @@ def commit_pass(client: MlflowClient, run_id: str, logger, completed: int, save:
 
 
 class PassCheckpoint(L.Callback):
-    """Commits each completed pass: checkpoint artifact first, then the pass's metrics and
-    the checkpoint's tags in one `log_batch` (see the module docstring).
+    """Commits each completed pass of a `LeNet5Module`: its checkpoint first, then the pass's
+    metrics and the checkpoint's tags in one `log_batch` (see the module docstring).
 
     The trainer's logger must be a `PassLogger` (it holds the pass's metrics until here).
     Must come before any callback that draws random numbers or logs at a pass's start, so
@@ -264,43 +262,21 @@ class PassCheckpoint(L.Callback):
         self.client, self.run_id = client, run_id
         self.committed_pass = committed_pass
 
-    def _commit(self, trainer: L.Trainer) -> None:
-        completed = trainer.current_epoch  # passes completed
+    def _commit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        completed = pl_module.passes_done
         if completed <= self.committed_pass:
             return
-        commit_pass(self.client, self.run_id, trainer.logger, completed, lambda path: trainer.save_checkpoint(path, weights_only=False))
+        commit_pass(self.client, self.run_id, trainer.logger, completed, pl_module.training_state)
         self.committed_pass = completed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._commit(trainer)
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        # Saved as the next pass begins, Lightning's counters read "pass k+1 made ready", and
-        # its restore would take pass k+1 as already run to its last batch. The state saved is
-        # that of "k passes done, nothing of the next one started": say so.
-        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
-        for counts in (progress["total"], progress["current"]):
-            counts["ready"] = counts["started"] = counts["processed"] = counts["completed"]
+        self._commit(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._commit(trainer)
+        self._commit(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # A run that FAILED (e.g. its loss became NaN) shows what its last pass logged; an
         # interrupted one does not, since its re-run logs that pass again.
         if not isinstance(exception, (KeyboardInterrupt, SystemExit)):
             trainer.logger.commit([])
-
-
-def rng_state() -> dict[str, Any]:
-    """The process-wide generators a pass may draw from (Python's and NumPy's are not used in training)."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -250,17 +250,9 @@ class StackedTraining:
     # --- one model's state, saved after a pass and loaded to resume (stacked_train.py) --------
 
     def member_state(self, k: int) -> dict[str, Any]:
-        """Everything model k's next passes depend on, on the CPU, with nothing of the others:
-        a model's checkpoint can so be loaded into any stack of jobs at the same pass.
-
-        Keys: `pass` (passes done); `weights` (name -> tensor of the parameter's own shape);
-        `optimizer_steps` (updates made, Adam's bias correction); `optimizer_state` (name ->
-        {"momentum_buffer" | "exp_avg" | "exp_avg_sq": tensor}); `curvature` (SDLM's h_kk, name
-        -> tensor); `schedule` and `schedule_optimizer` (its rate schedule's state dicts);
-        `order_generator` and `curvature_generator` (torch.Generator states of its data order
-        and SDLM curvature sample); `patterns_since_estimate`. No global RNG: the loop draws
-        only from the models' own generators.
-        """
+        """Model k's checkpoint, in checkpoint.py's format (the one a single run saves): on the
+        CPU, with nothing of the others, so it loads into any stack of jobs at the same pass, or
+        into Lightning's loop alone."""
         member = self.members[k]
         own = lambda tensors: {name: t[k].detach().cpu().clone() for name, t in tensors.items()}  # noqa: E731
         return {
@@ -278,8 +270,8 @@ class StackedTraining:
 
     @torch.no_grad()
     def load_member_states(self, states: list[dict[str, Any]]) -> None:
-        """Continue from `member_state` dicts, one per model in order, all at the same pass
-        (one stack steps all its models together)."""
+        """Continue from checkpoints (checkpoint.py; saved by a stack or by a single run), one per
+        model in order, all at the same pass (one stack steps all its models together)."""
         passes = {state["pass"] for state in states}
         steps = {state["optimizer_steps"] for state in states}
         if len(passes) != 1 or len(steps) != 1 or len(states) != len(self.members):

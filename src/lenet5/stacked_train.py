@@ -9,9 +9,8 @@ same tags (config hash, ablation factors, sweep parent), plus `stack.size` and `
 and `train_images_per_s` each model's own images over it.
 
 Resume, as for a single run (resume.py): each pass is committed per member, in the member's
-own run: its own state (`StackedTraining.member_state`: weights, optimizer state with SDLM's
-h_kk, momentum or Adam's moments and update count, rate schedule, data-order and curvature
-generators; 0.5 MB for LeNet-5) is uploaded as `checkpoints/slot<pass mod 2>.pt`, then
+own run: its own checkpoint (`StackedTraining.member_state`, in checkpoint.py's format, the
+one a single run saves) is uploaded as `checkpoints/slot<pass mod 2>.pt`, then
 the pass's metrics, `checkpoint_s` and the tags `resume.pass`/`resume.checkpoint` go in one
 `log_batch`. The next launch of the same jobs (the same sweep, or any launch of the job)
 skips FINISHED jobs (in a sweep), holds each other job's `JobClaim` (a job a live process
@@ -22,10 +21,10 @@ start anew. Members are stacked by the pass they continue from: one stack steps 
 together and no committed pass is trained twice into a run, so members stopped at different
 passes (a kill between two members' commits) train as separate stacks, one after the other.
 A checkpoint holds one model, not the stack, so it loads into any stack of jobs at its pass,
-or alone: a single-run launch of the job (`train.train`) continues it as a stack of one. A
-job killed on the single-run path (a Lightning `.ckpt`) continues there, outside the stack.
-Resumed alone or in another stack, a model agrees with the uninterrupted stack to float32
-rounding (stacked.py); resumed as the same stack, to the last digit on the CPU.
+or alone: a single-run launch of the job (`jobs.train`) continues it in Lightning's loop,
+and a job killed there continues in a stack. Resumed alone or in another stack, a model
+agrees with the uninterrupted stack to float32 rounding (stacked.py); resumed as the same
+stack, to the last digit on the CPU.
 
 A model whose loss becomes NaN ends FAILED alone (with the passes before committed); the
 others train on. A FAILED run is not resumed: the next launch trains the job anew.
@@ -33,7 +32,6 @@ others train on. A FAILED run is not resumed: the next launch trains the job ane
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +46,7 @@ from .figures import sdlm_steps_figure
 from .model.counts import counts_table
 from .recording import job_result, record_outcome, record_setup
 from .resume import (
-    CHECKPOINT_TAG, PASS_TAG, STACK_MEMBER_SUFFIX, JobBusy, JobClaim, commit_pass, delete_checkpoints, download_checkpoint,
+    JobBusy, JobClaim, commit_pass, delete_checkpoints, load_checkpoint,
 )  # fmt: skip
 from .sdlm import PAPER_PASS1_STEPS
 from .stacked import StackedTraining
@@ -96,8 +94,8 @@ def train_members(cfgs: list[Any], prepared: list[tuple[Any, Any]], todo: list[t
             job = _Job(i, name, run, claim, None)
             if run.resumed is not None:
                 try:
-                    job.state = load_member_checkpoint(run)
-                except ConfigError as err:  # left RUNNING, owner gone: the launch that can read it resumes it
+                    job.state = load_checkpoint(run.client, run.resumed)
+                except ConfigError as err:  # its checkpoint disagrees with its tags: say so, train the others
                     claim.release()
                     print(f"error: {err}")
                     results[i] = job_result(run.run_id, name, float("nan"), cfg)
@@ -135,20 +133,6 @@ def train_members(cfgs: list[Any], prepared: list[tuple[Any, Any]], todo: list[t
         for job in jobs:
             job.claim.release()
     return results
-
-
-def load_member_checkpoint(run: TrackedRun) -> dict[str, Any]:
-    """The `StackedTraining.member_state` that `run` (taken over by this launch) last committed.
-    A single run's Lightning checkpoint cannot be read here: `train_stack` sends those jobs to
-    `train.train`, and only a launch racing this one could leave one in between."""
-    path = run.resumed.data.tags[CHECKPOINT_TAG]
-    if not path.endswith(STACK_MEMBER_SUFFIX):
-        raise ConfigError(f"run {run.run_id} holds a single run's checkpoint ({path}); run that job alone to resume it")
-    with tempfile.TemporaryDirectory() as scratch:
-        state = torch.load(download_checkpoint(run.client, run.resumed, scratch), map_location="cpu", weights_only=True)
-    if state["pass"] != int(run.resumed.data.tags[PASS_TAG]):
-        raise ConfigError(f"run {run.run_id}: its checkpoint is of pass {state['pass']}, its {PASS_TAG} tag says {run.resumed.data.tags[PASS_TAG]}")
-    return state
 
 
 def groups_by_pass(jobs: list[_Job]) -> list[list[_Job]]:
@@ -194,7 +178,6 @@ def _train(cfgs, prepared, datamodule, device, jobs: list[_Job]) -> set[int]:
                 live.discard(k)
                 continue
             logger.log_metrics(metrics, step=result.number)
-            state = training.member_state(k)
-            commit_pass(run.client, run.run_id, logger, result.number, lambda path, state=state: torch.save(state, path), STACK_MEMBER_SUFFIX)
+            commit_pass(run.client, run.run_id, logger, result.number, lambda k=k: training.member_state(k))
     training.write_back()
     return {jobs[k].index for k in live}

@@ -3,7 +3,6 @@ pass (resume.PassCheckpoint), recorded as one MLflow run (recording.py)."""
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from typing import Any
 
@@ -16,15 +15,16 @@ from .engine import use_deterministic_kernels
 from .model.counts import counts_table
 from .module import LeNet5Module
 from .recording import job_result, record_outcome, record_setup
-from .resume import JobClaim, PASS_TAG, PassCheckpoint, delete_checkpoints, download_checkpoint
+from .resume import JobClaim, PassCheckpoint, delete_checkpoints, load_checkpoint
 from .tracking import TrackedRun, tracked_run
 
 # Metrics are logged per epoch (module.py), so Lightning's per-step logging interval is moot.
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
-def make_trainer(config: Config, logger, checkpoint: PassCheckpoint | None = None) -> L.Trainer:
-    """The trainer for `config`; `checkpoint` (which needs a PassLogger as `logger`) commits every pass."""
+def make_trainer(config: Config, logger, checkpoint: PassCheckpoint | None = None, passes_done: int = 0) -> L.Trainer:
+    """The trainer for `config`'s passes after the first `passes_done` (a continued run's);
+    `checkpoint` (which needs a PassLogger as `logger`) commits every pass."""
     use_deterministic_kernels(config.trainer.deterministic)
     # The checkpoint goes first: it must save the state from before any callback draws or logs.
     callbacks: list[L.Callback] = ([checkpoint] if checkpoint is not None else []) + [EpochThroughput()]
@@ -32,7 +32,7 @@ def make_trainer(config: Config, logger, checkpoint: PassCheckpoint | None = Non
         optim = config.optim
         callbacks.append(SDLMCurvature(optim.curvature_samples, config.seed, optim.curvature_every, optim.curvature_gamma))
     return L.Trainer(
-        max_epochs=config.trainer.max_epochs,
+        max_epochs=config.trainer.max_epochs - passes_done,
         accelerator=config.trainer.accelerator,
         devices=config.trainer.devices,
         logger=logger,
@@ -47,26 +47,24 @@ def make_trainer(config: Config, logger, checkpoint: PassCheckpoint | None = Non
 
 def train_single(cfg: Any, datamodule: MNISTDataModule, module: LeNet5Module, name: str, sweep_tags: dict[str, str]) -> dict[str, Any]:
     """Train one job with Lightning and record it as one MLflow run (`jobs.train` decides
-    that this engine trains it). A killed run of the same job with a Lightning checkpoint is
-    continued from its last completed pass, in the same MLflow run (resume.py); one that a
-    live process trains raises JobBusy.
+    that this engine trains it). A killed run of the same job with a checkpoint (from either
+    engine) is continued from its last completed pass, in the same MLflow run (resume.py);
+    one that a live process trains raises JobBusy.
 
     Returns {"run_id", "run_name", "test_error" (%), "tracking_uri", "experiment"}.
     """
     counts = counts_table(module.model)
     claim = JobClaim.for_job(cfg)
     try:
-        with tracked_run(cfg, name, sweep_tags, claim) as run, tempfile.TemporaryDirectory() as scratch:
+        with tracked_run(cfg, name, sweep_tags, claim) as run:
             if run.resumed is None:
                 record_setup(run, cfg, datamodule, counts)
-                committed, ckpt_path = 0, None
             else:
-                committed = int(run.resumed.data.tags[PASS_TAG])
-                ckpt_path = download_checkpoint(run.client, run.resumed, scratch)
-                print(f"resume: run {run.run_id} from pass {committed} of {cfg.trainer.max_epochs}")
-
-            trainer = make_trainer(module.config, run.lightning_logger(), PassCheckpoint(run.client, run.run_id, committed))
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+                module.continue_from(load_checkpoint(run.client, run.resumed))
+                print(f"resume: run {run.run_id} from pass {module.first_pass} of {cfg.trainer.max_epochs}")
+            committed = module.first_pass
+            trainer = make_trainer(module.config, run.lightning_logger(), PassCheckpoint(run.client, run.run_id, committed), committed)
+            trainer.fit(module, datamodule=datamodule)
             if trainer.interrupted:
                 raise KeyboardInterrupt
             test_error = record_outcome(run, cfg, module, datamodule)
