@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra_plugins.lenet5_stacked_launcher.stacked_launcher import register as register_stacked_launcher
 
-from .helpers import SHARED_DATA
+from .helpers import SHARED_DATA, fresh_store
 
 # The tests compose and launch in-process, as the entry points do: hydra/launcher=stacked first.
 register_stacked_launcher()
@@ -32,7 +32,7 @@ def mnist_root() -> Path:
 @pytest.fixture
 def store(tmp_path) -> str:
     """A fresh SQLite MLflow tracking URI in a temp dir (artifacts beside it)."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return fresh_store(tmp_path)
 
 
 #: Fixtures that train real runs or launch the CLI in subprocesses: a test that uses one is part

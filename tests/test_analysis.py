@@ -26,7 +26,7 @@ from lenet5.presets import preset_factors
 from lenet5.identity import flatten_config, run_name, run_tags
 from lenet5.jobs import train
 
-from .helpers import compose, small_overrides
+from .helpers import compose, fresh_store, small_overrides
 
 EXPERIMENT = "ablation"
 SWEEP_ID = "sweep0001"
@@ -47,7 +47,7 @@ def study(tmp_path_factory):
     """A store with 7 real runs (SEEDS) in EXPERIMENT, plus what must be left out: a sweep
     parent (its sweep holds the none and pool_max runs), a FAILED copy of a run, and an
     experiment holding only a FAILED run. Returns (tracking URI, {delta: {seed: run_id}})."""
-    store = f"sqlite:///{tmp_path_factory.mktemp('analysis') / 'mlflow.db'}"
+    store = fresh_store(tmp_path_factory.mktemp('analysis'))
     common = ["experiment=paper", "optim=adam", "optim.lr=0.003", "data.batch_size=32", *small_overrides(store, EXPERIMENT, subset=500)]
     run_ids = {
         delta: {

@@ -68,7 +68,7 @@ def test_fashion_images_get_the_same_padding_and_pixel_mapping(fashion_root):
 
 
 def test_a_bad_dataset_is_refused_in_one_line(tmp_path):
-    done = run_cli("data.dataset=kmnist", *small_overrides(f"sqlite:///{tmp_path / 'mlflow.db'}"), cwd=tmp_path)
+    done = run_cli("data.dataset=kmnist", *small_overrides(f"sqlite:///{tmp_path / 'mlflow.db'}"), cwd=tmp_path)  # not made: refused first
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error:") and "kmnist" in line and "mnist" in line and "fashion_mnist" in line

@@ -9,7 +9,7 @@ import torch
 from lenet5 import inspect_run
 from lenet5.jobs import train
 
-from .helpers import compose, small_overrides
+from .helpers import compose, fresh_store, small_overrides
 
 #: Every test here trains real runs or launches the CLI: the slow tier.
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    store = fresh_store(tmp_path_factory.mktemp('store'))
     cfg = compose("experiment=paper", "data.batch_size=32", *small_overrides(store, experiment="inspect", subset=300))
     return train(cfg)
 

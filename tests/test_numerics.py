@@ -83,7 +83,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from .helpers import TIMING_METRICS, history, run_cli, short_overrides, weights
+from .helpers import TIMING_METRICS, fresh_store, history, run_cli, short_overrides, weights
 
 
 REFERENCE = Path(__file__).parent / "data" / "numerics_reference.json"
@@ -205,7 +205,7 @@ class Launches:
     its stdout and stderr."""
 
     def __init__(self, folder: Path):
-        self.folder, self.store = folder, f"sqlite:///{folder / 'mlflow.db'}"
+        self.folder, self.store = folder, fresh_store(folder)
         self.client = mlflow.MlflowClient(self.store)
         self.runs: dict[str, dict] = {}
         self.info: dict = {}

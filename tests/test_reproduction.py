@@ -13,6 +13,8 @@ from analysis.reproduction import BY_NAME, SYSTEMS, carry_over
 from analysis.reproduction import main as reproduction_main
 from lenet5.config import PROJECT_DIR
 
+from .helpers import fresh_store
+
 #: Every test here trains real runs or launches the CLI: the slow tier.
 pytestmark = pytest.mark.slow
 
@@ -65,7 +67,7 @@ def test_rows_without_runs_in_the_store_are_carried_over_from_the_previous_table
 
 @pytest.mark.slow
 def test_reproduction_table_comes_from_the_runs(tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = fresh_store(tmp_path)
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-m", "analysis.reproduction", "--systems", "paper,modern,seed004_tf_after_pool", "--paper-seeds", "2",

@@ -15,7 +15,7 @@ import pytest
 
 from lenet5.resume import CHECKPOINT_TAG, HEARTBEAT_TAG, OWNER_TAG, PASS_TAG, STALE_HEARTBEATS, owner_alive
 
-from .helpers import TIMING_METRICS, experiment_runs, launch, run_cli, short_overrides, wait_for
+from .helpers import TIMING_METRICS, experiment_runs, fresh_store, launch, run_cli, short_overrides, wait_for
 
 #: Every test here trains real runs or launches the CLI: the slow tier.
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_submitit_sweep_loses_nothing_and_a_killed_job_resumes_on_rerun(tmp_path
     """hydra/launcher=submitit_local: each job in its own process, as on SLURM (submitit_slurm
     runs the same code). One job is killed -9 in its second pass; the same command again
     skips the finished job and continues the killed one in its own run."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = fresh_store(tmp_path)
     command = ["-m", "hydra/launcher=submitit_local", "seed=0,1", *short_overrides(store, "submitit", passes=3, subset=300),
                f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
 

@@ -17,7 +17,7 @@ import torch
 from lenet5.grouping import partition, stack_key
 from lenet5.jobs import prepare, train, train_stack
 
-from .helpers import compose, history, small_overrides, weights
+from .helpers import compose, fresh_store, history, small_overrides, weights
 
 #: Every test here trains real runs or launches the CLI: the slow tier.
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def job_configs(store: str, experiment: str, shared: list[str], jobs: list[list[
 @pytest.fixture(scope="module", params=list(CASES))
 def alone_and_stacked(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
-    store = f"sqlite:///{folder / 'mlflow.db'}"
+    store = fresh_store(folder)
     shared, jobs, passes = CASES[request.param]
     alone = [train(cfg)["run_id"] for cfg in job_configs(store, "alone", shared, jobs, passes)]
     stacked_cfgs = job_configs(store, "stacked", shared, jobs, passes)

@@ -20,7 +20,7 @@ from lenet5.inspect_run import load_network
 from lenet5.resume import CHECKPOINT_TAG, PASS_TAG
 from lenet5.jobs import prepare, train_stack
 
-from .helpers import TIMING_METRICS, compose, experiment_runs, launch, run_cli, small_overrides, wait_for
+from .helpers import TIMING_METRICS, compose, experiment_runs, fresh_store, launch, run_cli, small_overrides, wait_for
 
 #: Every test here trains real runs or launches the CLI: the slow tier.
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def _weights(store: str, run_id: str) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """(store, the uninterrupted stack's results by seed): the history a resumed stack must log."""
-    store = f"sqlite:///{tmp_path_factory.mktemp('stacked_resume') / 'mlflow.db'}"
+    store = fresh_store(tmp_path_factory.mktemp('stacked_resume'))
     results = train_stack([compose(*_overrides(store, "whole"), f"seed={seed}") for seed in SEEDS])
     return store, {str(seed): result for seed, result in zip(SEEDS, results)}
 
@@ -221,7 +221,7 @@ def test_member_states_continue_a_stack_exactly(shared_optimizer, shared, tmp_pa
     went on, to the last digit: nothing a later pass depends on is missing from a member's state."""
     from lenet5.stacked import StackedTraining
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = fresh_store(tmp_path)
     small = [*small_overrides(store, "states", subset=100), "data.test_subset=100", "data.batch_size=16", "trainer.max_epochs=2"]
     cfgs = [compose(*shared, *small, f"seed={seed}", f"optim.lr={lr}") for seed, lr in ((0, 0.001), (1, 0.002))]
     assert [str(c.optim.name.name) for c in cfgs] == [shared_optimizer] * 2  # the case tests the optimizer it names

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from .helpers import run_cli, small_overrides
+from .helpers import fresh_store, run_cli, small_overrides
 
 #: Every test here trains real runs or launches the CLI: the slow tier.
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ def children(store: str, experiment: str):
 
 @pytest.mark.slow
 def test_a_stacked_sweep_records_every_job_as_a_child_and_a_rerun_skips_them(tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = fresh_store(tmp_path)
     # Two pools x three seeds, two models a process: per pool a stack of seeds 0 and 1, and
     # seed 2 alone (the ordinary single-run path).
     command = [
@@ -52,7 +52,7 @@ def test_a_stacked_sweep_records_every_job_as_a_child_and_a_rerun_skips_them(tmp
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_models_per_process_below_one_is_one_line_before_anything_runs(value, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # not made: refused first
     done = run_cli("-m", "hydra/launcher=stacked", f"hydra.launcher.models_per_process={value}", "seed=0,1", *small_overrides(store), cwd=tmp_path)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()

@@ -19,7 +19,7 @@ import pytest
 from lenet5.config import PROJECT_DIR
 from lenet5.study import load_study_config, lr_grid, main, refined_rates
 
-from .helpers import assert_tables_rebuild_from_runs_csv, small_overrides
+from .helpers import assert_tables_rebuild_from_runs_csv, fresh_store, small_overrides
 
 EXPERIMENT = "fair"
 VARIANTS = {"paper": "sdlm", "paper optim=adam": "adam"}
@@ -52,7 +52,7 @@ def studied(tmp_path_factory):
     command again, with settings that change nothing trained; and its finals grown from the 2
     pilot seeds to the 3 that study.final.min_seeds asks of every variant."""
     folder = tmp_path_factory.mktemp("study")
-    store = f"sqlite:///{folder / 'mlflow.db'}"
+    store = fresh_store(folder)
     command = ["variant=none,optim_adam", *run_overrides(store), *STUDY, f"study.out={folder / 'report'}"]
     grid = study_cli(*command, "study.tune.refine=false", f"study.out={folder / 'report_grid'}", cwd=folder)
     assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
@@ -320,7 +320,7 @@ def test_a_bad_study_setting_is_refused_in_one_line(capsys):
     ],
 )
 def test_every_bad_study_setting_is_refused_in_one_line_before_anything_runs(argument, named, capsys, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # not made: a refused study must not make it
     if named is None:
         argument, named = "hydra.launcher.models_per_process=0", "models_per_process"
         arguments = ["variant=none", "hydra/launcher=stacked", argument]

@@ -16,7 +16,7 @@ from lenet5.cli import job_overrides
 from lenet5.config import PROJECT_DIR
 from lenet5.identity import config_hash, flatten_config
 
-from .helpers import compose, run_cli, small_overrides
+from .helpers import compose, fresh_store, run_cli, small_overrides
 
 SWEEP = ["-m", "model.pool=subsample,max", "model.c3=table,full", "seed=0,1"]
 
@@ -38,7 +38,7 @@ def runs_of(store: str, experiment: str = "sweep"):
 def swept(tmp_path_factory):
     """2 pools x 2 C3 tables x 2 seeds, 1 epoch on 300 images, then the same command again."""
     folder = tmp_path_factory.mktemp("sweep")
-    store = f"sqlite:///{folder / 'mlflow.db'}"
+    store = fresh_store(folder)
     first = run_cli(*SWEEP, *sweep_overrides(store), cwd=folder)
     assert first.returncode == 0, first.stderr[-3000:]
     after_first = runs_of(store)
@@ -82,7 +82,7 @@ def test_running_the_same_sweep_again_skips_every_finished_job(swept):
 
 @pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep_and_is_rerun(tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = fresh_store(tmp_path)
     command = ["-m", "experiment=modern", "optim.lr=0.001,1e30", *sweep_overrides(store, "fail")]
     first = run_cli(*command, cwd=tmp_path)
     assert first.returncode == 1
@@ -100,7 +100,7 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_rerun(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_with_two_workers_loses_and_duplicates_nothing(tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = fresh_store(tmp_path)
     done = run_cli(
         "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.pool=subsample,max", "seed=0,1,2",
         *sweep_overrides(store, "joblib"), cwd=tmp_path,

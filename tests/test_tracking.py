@@ -15,7 +15,7 @@ from lenet5.provenance import mnist_inputs
 from lenet5.tracking import get_or_create_experiment
 from lenet5.jobs import train
 
-from .helpers import compose, small_overrides
+from .helpers import compose, fresh_store, small_overrides
 
 #: Every test here trains real runs or launches the CLI: the slow tier.
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
-    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    store = fresh_store(tmp_path_factory.mktemp('store'))
     overrides = [*small_overrides(store, experiment="tracking"), "trainer.max_epochs=2", "data.val_size=500"]
     cfg = compose("model.pool=max", "model.activation=relu", "seed=1", *overrides)
     result = train(cfg)

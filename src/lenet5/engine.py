@@ -1,17 +1,46 @@
-"""The rules both training engines follow, written once: Lightning's loop for a single job
-(train.py, module.py) and the stack (stacked_train.py, stacked.py) each call these rather
-than keeping their own copy. The loss reduction they share is `losses.reduce_loss`, the job
-claim `resume.JobClaim.for_job`, what a run records `recording.py`.
+"""What a training engine is, and the rules every engine follows, written once.
+
+Two engines implement `Engine`: Lightning's loop, one job after another (`train.train_alone`),
+and the stack, K jobs side by side (`stacked_train.train_stacked`). `jobs.py` picks one; they
+never call each other. What they share, each in one place: the device and deterministic
+kernels (here), the loss reduction and the NaN stop (`losses.reduce_loss`, `losses.check_loss_finite`),
+the job claim (`resume.JobClaim.for_job`), the per-pass commit (`resume.commit_pass`), the
+checkpoint format (checkpoint.py) and what a run records (recording.py).
 """
 
 from __future__ import annotations
 
-import math
 import os
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
+from omegaconf import DictConfig
 
 from .config import TrainerConfig
+from .data import MNISTDataModule
+from .module import LeNet5Module
+
+
+@dataclass
+class Job:
+    """One job ready to train (`jobs.prepare` built its data and model)."""
+
+    cfg: DictConfig  # as composed: what the run records (params, tags, config hash)
+    datamodule: MNISTDataModule
+    module: LeNet5Module  # holds the typed config (`module.config`) and the initial weights
+    name: str  # the run's name
+    sweep_tags: dict[str, str]  # what makes the run a sweep's child ({} outside a sweep)
+
+
+class Engine(Protocol):
+    def __call__(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Train `jobs`, each recorded as its own MLflow run (a killed run of a job continued
+        from its checkpoint); one result per job, in order: {"run_id", "run_name", "test_error"
+        (%), "tracking_uri", "experiment"}. A job that another live process trains raises
+        `resume.JobBusy` in Lightning's loop; the stack trains the others and gives that job,
+        and one whose training failed, test_error nan."""
+        ...
 
 
 def training_device(trainer: TrainerConfig) -> torch.device:
@@ -38,13 +67,3 @@ def use_deterministic_kernels(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(enabled, warn_only=True)
 
-
-def check_finite(train_loss: float | torch.Tensor, epoch: int) -> None:
-    """The NaN stop: raise FloatingPointError when a pass's mean training loss is not finite.
-
-    Checked once per pass, on the pass's mean (a NaN in any batch makes it NaN): a check per
-    step would read the loss back to the host every step. `epoch` is 1-based.
-    """
-    value = float(train_loss)
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training loss became {value} in epoch {epoch}")

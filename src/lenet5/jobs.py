@@ -12,16 +12,17 @@ import lightning as L
 
 from .config import ConfigError, as_config
 from .data import MNISTDataModule
+from .engine import Engine, Job
 from .grouping import stack_key
 from .identity import config_hash, run_name
 from .model.counts import counts_table
 from .module import LeNet5Module
 from .presets import preset_factors
 from .recording import job_result
-from .stacked_train import train_members
+from .stacked_train import train_stacked
 from .store import check_store
 from .sweep import find_finished, reuse_finished, sweep_context
-from .train import train_single
+from .train import train_alone
 from .validate import check_config
 
 
@@ -73,7 +74,7 @@ def train(cfg: Any) -> dict[str, Any]:
     done, sweep_tags = sweep_membership(cfg, name)
     if done is not None:
         return done
-    return train_single(cfg, datamodule, module, name, sweep_tags)
+    return train_alone([Job(cfg, datamodule, module, name, sweep_tags)])[0]
 
 
 def train_stack(cfgs: list[Any]) -> list[dict[str, Any]]:
@@ -85,18 +86,16 @@ def train_stack(cfgs: list[Any]) -> list[dict[str, Any]]:
         raise ConfigError(f"these {len(cfgs)} jobs differ in more than seed and optimizer numbers and cannot train as one stack")
     prepared = [prepare(c, check_data=i == 0, check_tracking=i == 0) for i, c in enumerate(cfgs)]
     results: list[dict[str, Any] | None] = [None] * len(cfgs)
-    todo = []
-    for i, cfg in enumerate(cfgs):
+    todo: dict[int, Job] = {}
+    for i, (cfg, (datamodule, module)) in enumerate(zip(cfgs, prepared)):
         name = run_name(cfg, preset_factors(str(cfg.experiment)))
         done, sweep_tags = sweep_membership(cfg, name)
         if done is not None:
             results[i] = done
         else:
-            todo.append((i, name, sweep_tags))
-    if len(todo) == 1:  # a stack of one is a single run: the ordinary path
-        (i, name, sweep_tags), = todo
-        results[i] = train_single(cfgs[i], *prepared[i], name, sweep_tags)
-    elif todo:
-        for i, result in train_members(cfgs, prepared, todo).items():
+            todo[i] = Job(cfg, datamodule, module, name, sweep_tags)
+    engine: Engine = train_alone if len(todo) == 1 else train_stacked  # a stack of one is a single run
+    if todo:
+        for i, result in zip(todo, engine(list(todo.values()))):
             results[i] = result
     return results  # type: ignore[return-value]

@@ -6,6 +6,7 @@ the one reduction both training engines use.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -47,3 +48,13 @@ def make_loss(config: LossConfig, head: Head) -> PerSampleLoss:
 def reduce_loss(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     """Per-sample losses (B,) -> the batch's loss (): their mean, or their sum (both tutorials)."""
     return per_sample.sum() if reduction == Reduction.sum else per_sample.mean()
+
+
+def check_loss_finite(train_loss: float | torch.Tensor, epoch: int) -> None:
+    """The NaN stop both engines apply: raise FloatingPointError when a pass's mean training
+    loss is not finite. Checked once per pass, on the pass's mean (a NaN in any batch makes it
+    NaN): a check per step would read the loss back to the host every step. `epoch` is 1-based.
+    """
+    value = float(train_loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss became {value} in epoch {epoch}")

@@ -22,8 +22,7 @@ from . import checkpoint
 from .callbacks import SDLMCurvature
 from .compile import CompiledOrEager, compile_mode, compile_setting
 from .config import Config
-from .engine import check_finite
-from .losses import make_loss, reduce_loss
+from .losses import check_loss_finite, make_loss, reduce_loss
 from .model.lenet5 import CLASSES, LeNet5
 from .optim import make_optimizer, make_schedule
 
@@ -117,7 +116,7 @@ class LeNet5Module(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         loss = self.train_loss.compute()
-        check_finite(loss, self.passes_done + 1)
+        check_loss_finite(loss, self.passes_done + 1)
         self.log("train_loss", loss)
         self.log("train_error", 100.0 * (1.0 - self.train_accuracy.compute()))
         self.log("lr", self.epoch_lr)

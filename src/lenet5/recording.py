@@ -101,7 +101,7 @@ def record_outcome(run: TrackedRun, cfg: Any, module: LeNet5Module, datamodule: 
 
 
 def job_result(run_id: str, name: str, test_error: float, cfg: Any) -> dict[str, Any]:
-    """What `train` returns for a job (and `stacked_train.train_stack` for each of a stack's):
+    """What an `engine.Engine` returns for each job:
     its run, its test error (%), and where the run is recorded."""
     return {
         "run_id": run_id,

@@ -1,6 +1,6 @@
 """Jobs of one stack (grouping.py) trained in one process and recorded as one MLflow run each.
 
-Each run gets what `train.train` records for a single run: the config as params, the dataset
+Each run gets what `train.train_single` records for a single run: the config as params, the dataset
 inputs, the layer table, the per-pass metrics under the same names and steps (`train_loss`,
 `train_error`, `lr`, `test_error`/`val_error`, `epoch_time_s`, `train_images_per_s`, SDLM's
 `sdlm/*` telemetry and step histograms), the test artifacts and the trained network, the
@@ -41,7 +41,8 @@ import torch
 
 from .callbacks import step_telemetry
 from .config import ConfigError
-from .engine import check_finite, training_device, use_deterministic_kernels
+from .engine import Job, training_device, use_deterministic_kernels
+from .losses import check_loss_finite
 from .figures import sdlm_steps_figure
 from .model.counts import counts_table
 from .recording import job_result, record_outcome, record_setup
@@ -54,68 +55,66 @@ from .tracking import TrackedRun, end_run, open_run
 
 
 @dataclass
-class _Job:
+class _Member:
     """One job of the stack as this launch trains it."""
 
-    index: int  # in `cfgs`
-    name: str
+    index: int  # in the launch's list of jobs
+    job: Job
     run: TrackedRun
     claim: JobClaim
-    state: dict[str, Any] | None  # its last committed `StackedTraining.member_state`, or None: from the start
+    state: dict[str, Any] | None  # its last committed checkpoint (checkpoint.py), or None: from the start
 
     @property
     def start_pass(self) -> int:
         return self.state["pass"] if self.state is not None else 0
 
 
-def train_members(cfgs: list[Any], prepared: list[tuple[Any, Any]], todo: list[tuple[int, str, dict[str, str]]]) -> dict[int, dict[str, Any]]:
-    """Train the jobs `todo` names ((index in `cfgs`, run name, sweep tags)) as stacks, from
-    their `prepared` (datamodule, module); {index: result as `jobs.train` returns it}."""
-
-    trainer = prepared[todo[0][0]][1].config.trainer  # equal in a stack (grouping.stack_key)
+def train_stacked(jobs: list[Job]) -> list[dict[str, Any]]:
+    """The `engine.Engine` of the stack: `jobs` (equal `grouping.stack_key`: they share one
+    data module, the first job's) side by side, in stacks of equal start pass."""
+    trainer = jobs[0].module.config.trainer  # equal in a stack
     device = training_device(trainer)
     use_deterministic_kernels(trainer.deterministic)
-    datamodule = prepared[todo[0][0]][0]
+    datamodule = jobs[0].datamodule
     datamodule.setup()
     datamodule.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in datamodule.splits.items()}
-    stack_tags = {"stack.size": str(len(todo)), "stack.id": uuid.uuid4().hex[:10]}
+    stack_tags = {"stack.size": str(len(jobs)), "stack.id": uuid.uuid4().hex[:10]}
     results: dict[int, dict[str, Any]] = {}
-    jobs: list[_Job] = []
+    members: list[_Member] = []
     try:
-        for i, name, sweep_tags in todo:
-            cfg = cfgs[i]
+        for i, job in enumerate(jobs):
+            cfg, name = job.cfg, job.name
             try:
                 claim = JobClaim.for_job(cfg)
-                run = open_run(cfg, name, {**sweep_tags, **stack_tags}, claim)
+                run = open_run(cfg, name, {**job.sweep_tags, **stack_tags}, claim)
             except JobBusy as err:
                 print(f"error: {' '.join(str(err).split())}")
                 results[i] = job_result("", name, float("nan"), cfg)
                 continue
-            job = _Job(i, name, run, claim, None)
+            member = _Member(i, job, run, claim, None)
             if run.resumed is not None:
                 try:
-                    job.state = load_checkpoint(run.client, run.resumed)
+                    member.state = load_checkpoint(run.client, run.resumed)
                 except ConfigError as err:  # its checkpoint disagrees with its tags: say so, train the others
                     claim.release()
                     print(f"error: {err}")
                     results[i] = job_result(run.run_id, name, float("nan"), cfg)
                     continue
-                print(f"resume: run {run.run_id} from pass {job.start_pass} of {cfg.trainer.max_epochs}")
+                print(f"resume: run {run.run_id} from pass {member.start_pass} of {cfg.trainer.max_epochs}")
             else:
-                record_setup(run, cfg, datamodule, counts_table(prepared[i][1].model))
-            jobs.append(job)
+                record_setup(run, cfg, datamodule, counts_table(job.module.model))
+            members.append(member)
         live: set[int] = set()
-        for group in groups_by_pass(jobs):
-            print(f"stack of {len(group)}: {', '.join(job.name for job in group)}" + (f" (from pass {group[0].start_pass})" if group[0].start_pass else ""))
-            live |= _train(cfgs, prepared, datamodule, device, group)
-        for job in jobs:
-            i, name, run = job.index, job.name, job.run
+        for group in groups_by_pass(members):
+            print(f"stack of {len(group)}: {', '.join(m.job.name for m in group)}" + (f" (from pass {group[0].start_pass})" if group[0].start_pass else ""))
+            live |= _train(datamodule, device, group)
+        for member in members:
+            i, (cfg, name), run = member.index, (member.job.cfg, member.job.name), member.run
             if i not in live:
-                results[i] = job_result(run.run_id, name, float("nan"), cfgs[i])
+                results[i] = job_result(run.run_id, name, float("nan"), cfg)
                 continue
-            cfg, module = cfgs[i], prepared[i][1]
             try:
-                test_error = record_outcome(run, cfg, module, datamodule)
+                test_error = record_outcome(run, cfg, member.job.module, datamodule)
             except Exception as err:
                 end_run(run, err)
                 results[i] = job_result(run.run_id, name, float("nan"), cfg)
@@ -125,17 +124,17 @@ def train_members(cfgs: list[Any], prepared: list[tuple[Any, Any]], todo: list[t
             results[i] = job_result(run.run_id, name, test_error, cfg)
             print(f"{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs (run {run.run_id})")
     except BaseException as err:
-        for job in jobs:
-            if job.index not in results:
-                end_run(job.run, err)
+        for member in members:
+            if member.index not in results:
+                end_run(member.run, err)
         raise
     finally:
-        for job in jobs:
-            job.claim.release()
-    return results
+        for member in members:
+            member.claim.release()
+    return [results[i] for i in range(len(jobs))]
 
 
-def groups_by_pass(jobs: list[_Job]) -> list[list[_Job]]:
+def groups_by_pass(jobs: list[_Member]) -> list[list[_Member]]:
     """The jobs in stacks of equal start pass, in order of their first job.
 
     One stack steps all its models together, and no committed pass may be trained twice into
@@ -143,18 +142,18 @@ def groups_by_pass(jobs: list[_Job]) -> list[list[_Job]]:
     member that started anew because its run had no checkpoint) train as separate stacks, one
     after the other, each from its own pass.
     """
-    groups: dict[int, list[_Job]] = {}
+    groups: dict[int, list[_Member]] = {}
     for job in jobs:
         groups.setdefault(job.start_pass, []).append(job)
     return list(groups.values())
 
 
-def _train(cfgs, prepared, datamodule, device, jobs: list[_Job]) -> set[int]:
+def _train(datamodule, device, jobs: list[_Member]) -> set[int]:
     """Run the stack of `jobs` (all at one start pass) to its last pass, committing each pass
     of each member as a single run does (checkpoint, then metrics and `resume.*` tags in one
-    `log_batch`); the members (their index in `cfgs`) that trained to the end. A member whose
+    `log_batch`); the members (their `index`) that trained to the end. A member whose
     loss became NaN ends FAILED, with no checkpoint of that pass."""
-    training = StackedTraining([prepared[j.index][1] for j in jobs], datamodule, device)
+    training = StackedTraining([j.job.module for j in jobs], datamodule, device)
     if jobs[0].state is not None:
         training.load_member_states([j.state for j in jobs])
     live = set(range(len(jobs)))
@@ -171,7 +170,7 @@ def _train(cfgs, prepared, datamodule, device, jobs: list[_Job]) -> set[int]:
                     plt.close(figure)
             metrics = result.metrics[k]
             try:
-                check_finite(metrics["train_loss"], result.number)
+                check_loss_finite(metrics["train_loss"], result.number)
             except FloatingPointError as err:
                 logger.commit([])
                 end_run(run, err)

@@ -10,10 +10,8 @@ import lightning as L
 
 from .callbacks import EpochThroughput, SDLMCurvature
 from .config import Config, OptimName
-from .data import MNISTDataModule
-from .engine import use_deterministic_kernels
+from .engine import Job, use_deterministic_kernels
 from .model.counts import counts_table
-from .module import LeNet5Module
 from .recording import job_result, record_outcome, record_setup
 from .resume import JobClaim, PassCheckpoint, delete_checkpoints, load_checkpoint
 from .tracking import TrackedRun, tracked_run
@@ -45,14 +43,19 @@ def make_trainer(config: Config, logger, checkpoint: PassCheckpoint | None = Non
     )
 
 
-def train_single(cfg: Any, datamodule: MNISTDataModule, module: LeNet5Module, name: str, sweep_tags: dict[str, str]) -> dict[str, Any]:
-    """Train one job with Lightning and record it as one MLflow run (`jobs.train` decides
-    that this engine trains it). A killed run of the same job with a checkpoint (from either
-    engine) is continued from its last completed pass, in the same MLflow run (resume.py);
-    one that a live process trains raises JobBusy.
+def train_alone(jobs: list[Job]) -> list[dict[str, Any]]:
+    """The `engine.Engine` of Lightning's loop: each job on its own, one after another."""
+    return [train_single(job) for job in jobs]
+
+
+def train_single(job: Job) -> dict[str, Any]:
+    """Train one job with Lightning and record it as one MLflow run. A killed run of the same
+    job with a checkpoint (from either engine) is continued from its last completed pass, in
+    the same MLflow run (resume.py); one that a live process trains raises JobBusy.
 
     Returns {"run_id", "run_name", "test_error" (%), "tracking_uri", "experiment"}.
     """
+    cfg, datamodule, module, name, sweep_tags = job.cfg, job.datamodule, job.module, job.name, job.sweep_tags
     counts = counts_table(module.model)
     claim = JobClaim.for_job(cfg)
     try:

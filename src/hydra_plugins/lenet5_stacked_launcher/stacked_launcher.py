@@ -4,7 +4,7 @@
 
 Jobs whose configs differ only in `lenet5.grouping.STACKABLE_KEYS` (seed, optim.lr, ...) are
 grouped, at most `models_per_process` a group, in the order Hydra lists them; each group
-trains in this process as one stacked model (`lenet5.stacked_train.train_stack`), each job
+trains in this process as one stacked model (`lenet5.jobs.train_stack`, the stack engine `lenet5.stacked_train.train_stacked`), each job
 still its own MLflow run. A job alone in its group runs the ordinary single-run path. Groups
 run one after another, as Hydra's basic launcher runs jobs.
 
