@@ -271,7 +271,7 @@ def fit(cfg, metrics: tuple[str, ...] = ()) -> Fit:
             self.take(trainer)
 
     datamodule, module = prepare(cfg, check_tracking=False)
-    trainer = make_trainer(module.config, logger=False)
+    trainer = make_trainer(module, logger=False)
     per_pass = PerPass()
     trainer.callbacks.append(per_pass)
     with compiler_watch() as seen:
@@ -285,8 +285,6 @@ def stack_passes(ctx: Context, k: int, images: int, compile_setting: str) -> tup
     as `hydra/launcher=stacked` trains them (`StackedTraining`, deterministic algorithms on):
     (training seconds of each pass: the stack's `epoch_time_s`; wall seconds of each pass, SDLM's
     estimate and the evaluation on the test images included; what `compiler_watch` saw)."""
-    import torch
-
     from lenet5.stacked import StackedTraining
     from lenet5.engine import training_device, use_deterministic_kernels
     from lenet5.jobs import prepare

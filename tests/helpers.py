@@ -5,6 +5,7 @@ Fixtures stay in conftest.py; these are plain functions, imported where used.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -29,7 +30,9 @@ TIMING_METRICS = {"epoch_time_s", "train_images_per_s", "checkpoint_s"}
 @cache
 def _empty_store() -> Path:
     """An empty SQLite MLflow store, made once per test process."""
-    path = Path(tempfile.mkdtemp(prefix="empty_store_")) / "mlflow.db"
+    folder = tempfile.mkdtemp(prefix="empty_store_")
+    atexit.register(shutil.rmtree, folder, True)
+    path = Path(folder) / "mlflow.db"
     mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the schema
     return path
 

@@ -69,7 +69,7 @@ class RecordTheBatches(L.Callback):
 def test_no_host_read_in_a_lightning_training_step():
     cfg = compose(*JOB)
     datamodule, module = prepare(cfg)
-    trainer = make_trainer(module.config, logger=False)
+    trainer = make_trainer(module, logger=False)
     recorder = RecordTheBatches()
     trainer.callbacks.append(recorder)  # last: after the SDLM callback's once-a-pass estimate
     trainer.fit(module, datamodule=datamodule)

@@ -237,7 +237,7 @@ def _fit(cfg, store: str):
     client = mlflow.MlflowClient(store)
     run = client.create_run(get_or_create_experiment(client, "telemetry", None))
     logger = MLFlowLogger(tracking_uri=store, run_id=run.info.run_id)
-    trainer = make_trainer(module.config, logger)
+    trainer = make_trainer(module, logger)
     trainer.fit(module, datamodule=datamodule)
     return trainer, module, run.info.run_id
 

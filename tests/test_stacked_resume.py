@@ -56,9 +56,10 @@ def reference(tmp_path_factory):
     return store, {str(seed): result for seed, result in zip(SEEDS, results)}
 
 
-def _assert_trained_as_uninterrupted(store: str, run, expected_id: str, seed: str, exact: bool) -> None:
+def _assert_trained_as_uninterrupted(store: str, run, expected_id: str, seed: str, exact: bool, telemetry_rel: float = 1e-3) -> None:
     """`run` FINISHED with one value per pass of every metric, equal to the uninterrupted run's
-    (`exact`: to the last digit; else to test_stacked.py's float32 tolerance), and no checkpoints left."""
+    (`exact`: to the last digit; else to test_stacked.py's float32 tolerance, `telemetry_rel`
+    for SDLM's step telemetry), and no checkpoints left."""
     client = mlflow.MlflowClient(store)
     expected = client.get_run(expected_id)
     assert run.info.status == "FINISHED"
@@ -75,9 +76,7 @@ def _assert_trained_as_uninterrupted(store: str, run, expected_id: str, seed: st
         elif key.endswith("_error"):
             assert all(abs(x - y) <= 100.0 / min(TRAIN, TEST) + 1e-9 for (_, x), (_, y) in zip(got, want)), key
         else:
-            # SDLM's telemetry is a min, median or max over thousands of eta/(mu + h_kk): one
-            # parameter's rounding moves it, so it gets ten times the losses' tolerance.
-            rel = 1e-2 if key.startswith("sdlm/") else 1e-3
+            rel = telemetry_rel if key.startswith("sdlm/") else 1e-3
             assert [y for _, y in got] == pytest.approx([x for _, x in want], rel=rel), key
     assert [step for step, _ in _history(client, run.info.run_id, "test_error")] == list(range(1, PASSES + 1))
     w_resumed, w_whole = _weights(store, run.info.run_id), _weights(store, expected_id)
@@ -199,7 +198,10 @@ def test_a_single_run_killed_after_pass_one_is_continued_by_a_stack(reference, c
     assert results[1]["run_id"] == ghost.info.run_id
     members = _members(store, "joined")
     for seed in map(str, SEEDS):
-        _assert_trained_as_uninterrupted(store, members[seed], whole[seed]["run_id"], seed, exact=False)
+        # Pass 1 trained alone (Lightning's loop), the rest in a stack: its SDLM telemetry (a min,
+        # median or max over thousands of eta/(mu + h_kk), where one parameter's rounding shows)
+        # drifts from the uninterrupted stack's by up to 1.3e-3 relative, ten times the bound.
+        _assert_trained_as_uninterrupted(store, members[seed], whole[seed]["run_id"], seed, exact=False, telemetry_rel=1e-2)
 
 
 def _committed_pass(store: str, experiment: str, seed: str) -> int:

@@ -2,22 +2,9 @@
 engines save after every pass and either can continue from. A job killed while training
 alone may so continue in a stack, and one killed in a stack may continue alone.
 
-The state is a dict of plain tensors and numbers on the CPU, holding nothing of any other
-model (0.5 MB for LeNet-5), saved with `torch.save` as `checkpoints/slot<k>.pt` (resume.py):
-
-- `pass`: passes completed;
-- `weights`: parameter name ("c1.weight") -> tensor of the parameter's own shape;
-- `optimizer_steps`: updates made (Adam's bias correction counts them);
-- `optimizer_state`: name -> {"momentum_buffer" | "exp_avg" | "exp_avg_sq": tensor};
-- `curvature`: SDLM's h_kk, name -> tensor;
-- `schedule_optimizer`: {"state": {}, "param_groups": [one group]}: the rate and the rule's
-  settings as the rate schedule left them (`initial_lr` included);
-- `schedule`: the rate scheduler's `state_dict()`, or None for a constant rate;
-- `order_generator`, `curvature_generator`: torch.Generator states of the data order and of
-  SDLM's curvature sample (None without SDLM);
-- `patterns_since_estimate`: patterns since SDLM last re-estimated h_kk.
-
-No global RNG: training draws only from these generators.
+The state (`Checkpoint`) is a dict of plain tensors and numbers on the CPU, holding nothing of
+any other model (0.5 MB for LeNet-5), saved with `torch.save` as `checkpoints/slot<k>.pt`
+(resume.py). No global RNG: training draws only from the generators it holds.
 
 This module converts between the format and a torch optimizer (`SDLM`, SGD, Adam) and its
 scheduler, for Lightning's loop; the stack reads and writes its stacked tensors itself
@@ -26,7 +13,7 @@ scheduler, for Lightning's loop; the stack reads and writes its stacked tensors 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -39,18 +26,29 @@ SUFFIX = ".pt"
 RULE_STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
 
 
-def save(state: dict[str, Any], path: str) -> None:
+#: The format, key by key (a functional TypedDict: `pass` is a Python keyword).
+Checkpoint = TypedDict("Checkpoint", {
+    "pass": int,  # passes completed
+    "weights": dict[str, torch.Tensor],  # parameter name ("c1.weight") -> tensor of its own shape
+    "optimizer_steps": int,  # updates made (Adam's bias correction counts them)
+    "optimizer_state": dict[str, dict[str, torch.Tensor]],  # name -> {RULE_STATE_KEYS member: tensor}
+    "curvature": dict[str, torch.Tensor],  # SDLM's h_kk, name -> tensor
+    # {"state": {}, "param_groups": [one group]}: the rate and the rule's settings as the rate
+    # schedule left them (`initial_lr` included), as an optimizer of one parameter saves them
+    "schedule_optimizer": dict[str, Any],
+    "schedule": dict[str, Any] | None,  # the rate scheduler's state_dict(); None for a constant rate
+    "order_generator": torch.Tensor,  # torch.Generator state of the data order
+    "curvature_generator": torch.Tensor | None,  # ... of SDLM's curvature sample (None without SDLM)
+    "patterns_since_estimate": int,  # patterns since SDLM last re-estimated h_kk
+})  # fmt: skip
+
+
+def save(state: Checkpoint, path: str) -> None:
     torch.save(state, path)
 
 
-def load(path: str) -> dict[str, Any]:
+def load(path: str) -> Checkpoint:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def schedule_group(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer's rate and settings as `schedule_optimizer` holds them: one group of one parameter."""
-    (group,) = optimizer.state_dict()["param_groups"]
-    return {"state": {}, "param_groups": [{**group, "params": [0]}]}
 
 
 def optimizer_fields(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, steps: int) -> dict[str, Any]:
@@ -70,19 +68,20 @@ def optimizer_fields(model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         "optimizer_steps": steps,
         "optimizer_state": rule_state,
         "curvature": curvature,
-        "schedule_optimizer": schedule_group(optimizer),
+        # One group over all parameters; saved as an optimizer of one parameter saves its group.
+        "schedule_optimizer": {"state": {}, "param_groups": [{**optimizer.param_groups[0], "params": [0]}]},
         "schedule": scheduler.state_dict() if scheduler is not None else None,
     }
 
 
 @torch.no_grad()
-def load_weights(model: torch.nn.Module, state: dict[str, Any]) -> None:
+def load_weights(model: torch.nn.Module, state: Checkpoint) -> None:
     for name, p in model.named_parameters():
         p.copy_(state["weights"][name])
 
 
 @torch.no_grad()
-def load_optimizer_fields(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]) -> None:
+def load_optimizer_fields(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: Checkpoint) -> None:
     """Continue `optimizer` (and `scheduler`), built afresh over `model.parameters()`, from `state`."""
     (saved_group,) = state["schedule_optimizer"]["param_groups"]
     (group,) = optimizer.param_groups

@@ -137,14 +137,12 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
     def __init__(self, data_cfg: DataConfig, seed: int = 0):
         super().__init__()
         self.cfg, self.seed = data_cfg, seed
-        self.mode = data_cfg.preprocess
-        self.dataset = data_cfg.dataset
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.checked = False
 
     @property
     def input_size(self) -> int:
-        return PAPER_SIZE if self.mode == Preprocess.paper else 28
+        return PAPER_SIZE if self.cfg.preprocess == Preprocess.paper else 28
 
     def check(self) -> None:
         """Validate the split sizes and the files on disk (no tensors are loaded)."""
@@ -154,13 +152,13 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
                 f"data.train_subset={subset} with data.val_size={val} asks for more than the "
                 f"{MNIST_TRAIN_SIZE} MNIST training images"
             )
-        ensure_mnist(self.cfg.root, self.cfg.download, self.dataset)
+        ensure_mnist(self.cfg.root, self.cfg.download, self.cfg.dataset)
         self.checked = True
 
     @property
     def raw_folder(self) -> Path:
         """Where this run's dataset files are (for the dataset inputs it logs)."""
-        return raw_folder(self.cfg.root, self.dataset)
+        return raw_folder(self.cfg.root, self.cfg.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -169,12 +167,12 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
             self.check()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         rows = self.split_rows()
-        files = {side: load_mnist_split(self.cfg.root, side, self.dataset) for side in {r[0] for r in rows.values()}}
+        files = {side: load_mnist_split(self.cfg.root, side, self.cfg.dataset) for side in {r[0] for r in rows.values()}}
         for name, (from_train, start, stop) in rows.items():
             images, labels = files[from_train]
             self.splits[name] = (images[start:stop], labels[start:stop])
         self.splits = {
-            name: (preprocess(x, self.mode).to(device), y.to(device)) for name, (x, y) in self.splits.items()
+            name: (preprocess(x, self.cfg.preprocess).to(device), y.to(device)) for name, (x, y) in self.splits.items()
         }
 
     def split_rows(self) -> dict[str, tuple[bool, int, int]]:
@@ -196,7 +194,7 @@ first `test_subset`; none with `data.test=false`), of `data.dataset` (MNIST or F
     @property
     def background(self) -> float:
         """Pixel value of a blank field after preprocessing."""
-        return PAPER_BACKGROUND if self.mode == Preprocess.paper else 0.0
+        return PAPER_BACKGROUND if self.cfg.preprocess == Preprocess.paper else 0.0
 
     def train_dataloader(self) -> TensorBatches | DistortedBatches:
         # Kept: a run's checkpoint holds its generator's state (LeNet5Module.training_state).

@@ -47,30 +47,37 @@ class LeNet5Module(L.LightningModule):
         )
         self.train_forward: CompiledOrEager | None = None  # set once the device is known
         self.first_pass, self.first_steps = 0, 0
-        self.resumed: dict[str, Any] | None = None  # the checkpoint being continued, until its optimizer state is in
+        self.resumed: checkpoint.Checkpoint | None = None  # the checkpoint being continued, until its optimizer state is in
 
     @property
     def passes_done(self) -> int:
         """Passes completed: at a pass's start, those before it; after training, all of them."""
         return self.first_pass + self.current_epoch
 
-    def continue_from(self, state: dict[str, Any]) -> None:
+    def continue_from(self, state: checkpoint.Checkpoint) -> None:
         """Start from checkpoint `state` (checkpoint.py): its weights now, its optimizer and
         schedule once the Trainer has built them (on_train_start). Call before `fit`."""
         checkpoint.load_weights(self.model, state)
         self.first_pass, self.first_steps, self.resumed = state["pass"], state["optimizer_steps"], state
 
-    def training_state(self) -> dict[str, Any]:
-        """This model's checkpoint (checkpoint.py) as training stands: call between passes
-        (`resume.PassCheckpoint` does, as a pass starts and when training ends)."""
+    def _training_parts(self) -> tuple[torch.optim.Optimizer, Any, torch.Generator, SDLMCurvature | None]:
+        """What the Trainer built that a checkpoint holds the state of: the optimizer, its rate
+        scheduler (or None), the data order's generator and the SDLM callback (or None)."""
         trainer = self.trainer
         schedulers = trainer.lr_scheduler_configs
         sdlm = next((c for c in trainer.callbacks if isinstance(c, SDLMCurvature)), None)
-        steps = self.first_steps + trainer.global_step
+        scheduler = schedulers[0].scheduler if schedulers else None
+        return trainer.optimizers[0], scheduler, trainer.datamodule.train_batches.generator, sdlm
+
+    def training_state(self) -> checkpoint.Checkpoint:
+        """This model's checkpoint as training stands: call between passes
+        (`resume.PassCheckpoint` does, as a pass starts and when training ends)."""
+        optimizer, scheduler, order, sdlm = self._training_parts()
+        steps = self.first_steps + self.trainer.global_step
         return {
             "pass": self.passes_done,
-            **checkpoint.optimizer_fields(self.model, trainer.optimizers[0], schedulers[0].scheduler if schedulers else None, steps),
-            "order_generator": trainer.datamodule.train_batches.generator.get_state(),
+            **checkpoint.optimizer_fields(self.model, optimizer, scheduler, steps),
+            "order_generator": order.get_state(),
             "curvature_generator": sdlm.generator.get_state() if sdlm is not None else None,
             "patterns_since_estimate": sdlm.patterns_since_estimate if sdlm is not None else 0,
         }
@@ -80,11 +87,10 @@ class LeNet5Module(L.LightningModule):
         # and drawn nothing yet: the rest of the checkpoint goes in here, in one place.
         if self.resumed is None:
             return
-        state, trainer = self.resumed, self.trainer
-        schedulers = trainer.lr_scheduler_configs
-        checkpoint.load_optimizer_fields(self.model, trainer.optimizers[0], schedulers[0].scheduler if schedulers else None, state)
-        trainer.datamodule.train_batches.generator.set_state(state["order_generator"])
-        sdlm = next((c for c in trainer.callbacks if isinstance(c, SDLMCurvature)), None)
+        state = self.resumed
+        optimizer, scheduler, order, sdlm = self._training_parts()
+        checkpoint.load_optimizer_fields(self.model, optimizer, scheduler, state)
+        order.set_state(state["order_generator"])
         if sdlm is not None:
             sdlm.generator.set_state(state["curvature_generator"])
             sdlm.patterns_since_estimate = state["patterns_since_estimate"]

@@ -82,7 +82,7 @@ def record_setup(run: TrackedRun, cfg: Any, datamodule: MNISTDataModule, counts)
     """What a new run records before training: config as params and YAML, dataset inputs, layer table."""
     run.log_params(flatten_config(cfg))
     run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    run.log_inputs(mnist_inputs(datamodule.raw_folder, datamodule.split_rows(), datamodule.dataset))
+    run.log_inputs(mnist_inputs(datamodule.raw_folder, datamodule.split_rows(), datamodule.cfg.dataset))
     run.log_text(counts.to_csv(index=False), "model_layers.csv")
     run.log_text(counts.to_markdown(index=False), "model_layers.md")
     total = counts.iloc[-1]

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
-import torch
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
@@ -212,7 +211,7 @@ def download_checkpoint(client: MlflowClient, run, folder: str) -> str:
     return client.download_artifacts(run.info.run_id, run.data.tags[CHECKPOINT_TAG], folder)
 
 
-def load_checkpoint(client: MlflowClient, run) -> dict[str, Any]:
+def load_checkpoint(client: MlflowClient, run) -> checkpoint.Checkpoint:
     """The checkpoint (checkpoint.py) that `run` last committed, checked against its pass tag."""
     with tempfile.TemporaryDirectory() as scratch:
         state = checkpoint.load(download_checkpoint(client, run, scratch))
@@ -232,7 +231,7 @@ def delete_checkpoints(client: MlflowClient, run_id: str) -> None:
         pass
 
 
-def commit_pass(client: MlflowClient, run_id: str, logger, completed: int, state: Callable[[], dict[str, Any]]) -> None:
+def commit_pass(client: MlflowClient, run_id: str, logger, completed: int, state: Callable[[], checkpoint.Checkpoint]) -> None:
     """Commit pass `completed` (1-based) of run `run_id`: the checkpoint `state()` returns
     (checkpoint.py) is uploaded to `checkpoints/slot<completed mod 2>.pt`; then `logger` (a
     `tracking.PassLogger` holding the pass's metrics) sends them, `checkpoint_s` and the tags
@@ -258,9 +257,12 @@ class PassCheckpoint(L.Callback):
     the checkpoint holds the state from before them.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, committed_pass: int = 0):
+    def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
-        self.committed_pass = committed_pass
+        self.committed_pass = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.committed_pass = pl_module.first_pass  # a continued run's passes are committed already
 
     def _commit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         completed = pl_module.passes_done

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from .checkpoint import Checkpoint
 from .compile import CompiledOrEager, compile_mode, compile_setting
 from .config import Config, OptimName
 from .data import MNISTDataModule
@@ -249,7 +250,7 @@ class StackedTraining:
 
     # --- one model's state, saved after a pass and loaded to resume (stacked_train.py) --------
 
-    def member_state(self, k: int) -> dict[str, Any]:
+    def member_state(self, k: int) -> Checkpoint:
         """Model k's checkpoint, in checkpoint.py's format (the one a single run saves): on the
         CPU, with nothing of the others, so it loads into any stack of jobs at the same pass, or
         into Lightning's loop alone."""
@@ -269,7 +270,7 @@ class StackedTraining:
         }
 
     @torch.no_grad()
-    def load_member_states(self, states: list[dict[str, Any]]) -> None:
+    def load_member_states(self, states: list[Checkpoint]) -> None:
         """Continue from checkpoints (checkpoint.py; saved by a stack or by a single run), one per
         model in order, all at the same pass (one stack steps all its models together)."""
         passes = {state["pass"] for state in states}

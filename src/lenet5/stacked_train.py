@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
-import torch
 
 from .callbacks import step_telemetry
+from .checkpoint import Checkpoint
 from .config import ConfigError
 from .engine import Job, training_device, use_deterministic_kernels
 from .losses import check_loss_finite
@@ -62,7 +62,7 @@ class _Member:
     job: Job
     run: TrackedRun
     claim: JobClaim
-    state: dict[str, Any] | None  # its last committed checkpoint (checkpoint.py), or None: from the start
+    state: Checkpoint | None  # its last committed checkpoint, or None: from the start
 
     @property
     def start_pass(self) -> int:

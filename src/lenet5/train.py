@@ -9,9 +9,10 @@ from typing import Any
 import lightning as L
 
 from .callbacks import EpochThroughput, SDLMCurvature
-from .config import Config, OptimName
+from .config import OptimName
 from .engine import Job, use_deterministic_kernels
 from .model.counts import counts_table
+from .module import LeNet5Module
 from .recording import job_result, record_outcome, record_setup
 from .resume import JobClaim, PassCheckpoint, delete_checkpoints, load_checkpoint
 from .tracking import TrackedRun, tracked_run
@@ -20,9 +21,10 @@ from .tracking import TrackedRun, tracked_run
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
-def make_trainer(config: Config, logger, checkpoint: PassCheckpoint | None = None, passes_done: int = 0) -> L.Trainer:
-    """The trainer for `config`'s passes after the first `passes_done` (a continued run's);
-    `checkpoint` (which needs a PassLogger as `logger`) commits every pass."""
+def make_trainer(module: LeNet5Module, logger, checkpoint: PassCheckpoint | None = None) -> L.Trainer:
+    """The trainer for `module`'s passes after its `first_pass` (those a continued run has
+    done); `checkpoint` (which needs a PassLogger as `logger`) commits every pass."""
+    config = module.config
     use_deterministic_kernels(config.trainer.deterministic)
     # The checkpoint goes first: it must save the state from before any callback draws or logs.
     callbacks: list[L.Callback] = ([checkpoint] if checkpoint is not None else []) + [EpochThroughput()]
@@ -30,7 +32,7 @@ def make_trainer(config: Config, logger, checkpoint: PassCheckpoint | None = Non
         optim = config.optim
         callbacks.append(SDLMCurvature(optim.curvature_samples, config.seed, optim.curvature_every, optim.curvature_gamma))
     return L.Trainer(
-        max_epochs=config.trainer.max_epochs - passes_done,
+        max_epochs=config.trainer.max_epochs - module.first_pass,
         accelerator=config.trainer.accelerator,
         devices=config.trainer.devices,
         logger=logger,
@@ -65,8 +67,7 @@ def train_single(job: Job) -> dict[str, Any]:
             else:
                 module.continue_from(load_checkpoint(run.client, run.resumed))
                 print(f"resume: run {run.run_id} from pass {module.first_pass} of {cfg.trainer.max_epochs}")
-            committed = module.first_pass
-            trainer = make_trainer(module.config, run.lightning_logger(), PassCheckpoint(run.client, run.run_id, committed), committed)
+            trainer = make_trainer(module, run.lightning_logger(), PassCheckpoint(run.client, run.run_id))
             trainer.fit(module, datamodule=datamodule)
             if trainer.interrupted:
                 raise KeyboardInterrupt
