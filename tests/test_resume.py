@@ -13,6 +13,7 @@ import time
 import mlflow
 import pytest
 
+from lenet5.archive import export_experiment, import_archive
 from lenet5.resume import CHECKPOINT_TAG, HEARTBEAT_TAG, OWNER_TAG, PASS_TAG, STALE_HEARTBEATS, owner_alive
 
 from .helpers import TIMING_METRICS, experiment_runs, fresh_store, launch, run_cli, short_overrides, wait_for
@@ -57,7 +58,7 @@ def _committed_pass(store: str, experiment: str) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_in_the_second_pass_resumes_to_the_uninterrupted_history(store):
+def test_sigkill_in_the_second_pass_resumes_to_the_uninterrupted_history(store, tmp_path):
     whole = run_cli(*short_overrides(store, "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -70,6 +71,11 @@ def test_sigkill_in_the_second_pass_resumes_to_the_uninterrupted_history(store):
     (ghost,) = experiment_runs(store, "killed")
     committed = int(ghost.data.tags[PASS_TAG])
     assert ghost.info.status == "RUNNING" and committed < 3  # killed mid-training: the ghost a kill leaves
+    # The same ghost, carried to another machine's store as files (lenet5.archive).
+    archive = tmp_path / "archive"
+    export_experiment(store, "killed", archive)
+    elsewhere = fresh_store(tmp_path / "elsewhere")
+    import_archive(elsewhere, archive)
 
     again = run_cli(*short_overrides(store, "killed"))
     assert again.returncode == 0, again.stderr[-3000:]
@@ -85,6 +91,13 @@ def test_sigkill_in_the_second_pass_resumes_to_the_uninterrupted_history(store):
     client = mlflow.MlflowClient(store)
     assert "checkpoints" not in {a.path for a in client.list_artifacts(resumed.info.run_id)}
     assert "model" in {m.name for m in client.search_logged_models([resumed.info.experiment_id])}
+
+    # Continued in the importing store, it ends as the uninterrupted run did.
+    carried = run_cli(*short_overrides(elsewhere, "killed"))
+    assert carried.returncode == 0, carried.stderr[-3000:]
+    (imported,) = experiment_runs(elsewhere, "killed")
+    assert f"resume: run {imported.info.run_id} from pass {committed} of 3" in carried.stdout
+    assert imported.info.status == "FINISHED" and _history(elsewhere, imported) == expected
 
 
 @pytest.mark.slow
