@@ -30,18 +30,30 @@ def confusion_matrix_figure(matrix: torch.Tensor, title: str = ""):
 
 
 def misclassified_figure(images: torch.Tensor, true: torch.Tensor, predicted: torch.Tensor, columns: int = 8):
-    """Grid of misclassified digits, (K, 1, S, S) images, each titled 'true -> predicted'."""
-    k = len(images)
+    """Grid of misclassified digits, (K, 1, S, S) images, each titled 'true -> predicted'.
+
+    One image of all the digits side by side (each scaled to its own range, as imshow would
+    scale it alone) with a label above each: an axes per digit drew the same picture in 10x the
+    time (2.8 s against 0.3 s for 64 digits), and every run draws it."""
+    k, size = len(images), images.shape[-1]
     rows = max(1, -(-k // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), dpi=110, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < k:
-            ax.imshow(images[i, 0].cpu().numpy(), cmap="gray_r")
-            ax.set_title(f"{int(true[i])} -> {int(predicted[i])}", fontsize=8, color="crimson")
+    label_px, gap_px = 9, 3  # pixels above each digit for its label, between neighbours
+    cell_w, cell_h = size + gap_px, size + label_px
+    canvas = np.full((rows * cell_h, columns * cell_w), np.nan)  # NaN: the white background
+    for i, image in enumerate(images[:, 0].cpu().numpy()):
+        r, c = divmod(i, columns)
+        low, high = image.min(), image.max()
+        canvas[r * cell_h + label_px : (r + 1) * cell_h, c * cell_w : c * cell_w + size] = (image - low) / max(high - low, 1e-12)
+    fig, ax = plt.subplots(figsize=(columns * 1.1, rows * 1.25), dpi=110)
+    ax.imshow(canvas, cmap=plt.get_cmap("gray_r").with_extremes(bad="white"), vmin=0, vmax=1, interpolation="nearest")
+    for i in range(k):
+        r, c = divmod(i, columns)
+        ax.text(c * cell_w + size / 2, r * cell_h + label_px - 1.5, f"{int(true[i])} -> {int(predicted[i])}",
+                ha="center", va="bottom", fontsize=8, color="crimson")  # fmt: skip
     if k == 0:
-        axes.flat[0].text(0.5, 0.5, "no test digit misclassified", ha="center", va="center")
-    fig.tight_layout()
+        ax.text(0.5, 0.5, "no test digit misclassified", ha="center", va="center", transform=ax.transAxes)
+    ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99)
     return fig
 
 
@@ -69,13 +81,16 @@ def sdlm_steps_figure(steps_by_layer: dict[str, torch.Tensor], pass_number: int,
                        max(every.max().item(), np.log10(paper_range[1])) + 0.2, 61)  # fmt: skip
     for ax, (layer, steps) in zip(np.atleast_1d(axes), steps_by_layer.items()):
         ax.axvspan(*np.log10(paper_range), color="tab:green", alpha=0.15)
-        ax.hist(steps.flatten().log10().cpu().numpy(), bins=bins, color="tab:blue")
+        counts, _ = np.histogram(steps.flatten().log10().cpu().numpy(), bins=bins)
+        ax.stairs(counts, bins, fill=True, color="tab:blue")  # one patch, not one bar each
         ax.set_yscale("log")
         ax.set_ylabel(layer, rotation=0, ha="right", va="center")
     np.atleast_1d(axes)[-1].set_xlabel("log10 effective step eta/(mu + h_kk), per pattern")
     fig.suptitle(f"SDLM steps at the start of pass {pass_number} (shaded: the paper's pass-1 range "
                  f"{paper_range[0]:g} to {paper_range[1]:g})", fontsize=9)  # fmt: skip
-    fig.tight_layout()
+    # Fixed margins, not tight_layout, which draws the figure twice (with one patch per layer instead of a bar per bin: 1.3 s against 0.6 s a pass).
+    label_in = 0.45 + 0.085 * max(len(layer) for layer in steps_by_layer)  # tick labels, then the layer's name
+    fig.subplots_adjust(left=label_in / fig.get_figwidth(), right=0.98, top=1 - 0.45 / fig.get_figheight(), bottom=0.55 / fig.get_figheight(), hspace=0.15)
     return fig
 
 
