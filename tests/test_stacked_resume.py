@@ -1,4 +1,5 @@
-"""Resume of a stack after kill -9: a real stacked sweep process, a real store, SIGKILL after pass 1.
+"""Resume of a stack after kill -9: a real stacked sweep process, a real store, SIGKILL after pass 1
+(its members then carried to the store as files, lenet5.archive, as to another machine).
 
 The reference is the same stack trained without interruption (in this process, another
 experiment). A stack resumed from the state its members committed runs the same K models on
@@ -16,6 +17,7 @@ import mlflow
 import pytest
 import torch
 
+from lenet5.archive import ORIGIN_TAG, export_experiment, import_archive
 from lenet5.inspect_run import load_network
 from lenet5.resume import CHECKPOINT_TAG, PASS_TAG
 from lenet5.jobs import prepare, train_stack
@@ -110,14 +112,23 @@ def test_a_stack_killed_after_pass_one_resumes_in_its_runs_to_the_uninterrupted_
     assert all(1 <= p < PASSES for p in passes.values()), passes  # killed mid-training, after a commit
     assert all(run.data.tags[CHECKPOINT_TAG] == f"checkpoints/slot{passes[seed] % 2}.pt" for seed, run in ghosts.items())
 
+    # The ghosts travel as files (lenet5.archive), as to another machine: the experiment they were
+    # killed in is renamed out of the way, and the archive brings them back as new runs.
+    export_experiment(store, "killed", tmp_path / "archive")
+    client = mlflow.MlflowClient(store)
+    client.rename_experiment(client.get_experiment_by_name("killed").experiment_id, "killed, left behind")
+    assert import_archive(store, tmp_path / "archive")["checkpoints"] == len(SEEDS)
+    carried = {seed: run for seed, run in _members(store, "killed").items()}
+    assert {run.data.tags[ORIGIN_TAG] for run in carried.values()} == {run.info.run_id for run in ghosts.values()}
+
     again = run_cli(*command, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    for seed, ghost in ghosts.items():
-        assert f"resume: run {ghost.info.run_id} from pass {passes[seed]} of {PASSES}" in again.stdout, again.stdout[-3000:]
+    for seed, run in carried.items():
+        assert f"resume: run {run.info.run_id} from pass {passes[seed]} of {PASSES}" in again.stdout, again.stdout[-3000:]
 
     resumed = _members(store, "killed")
     parents = [r for r in experiment_runs(store, "killed") if r.data.tags.get("sweep.parent") == "true"]
-    assert len(parents) == 1 and sorted(r.info.run_id for r in resumed.values()) == sorted(r.info.run_id for r in ghosts.values())
+    assert len(parents) == 1 and sorted(r.info.run_id for r in resumed.values()) == sorted(r.info.run_id for r in carried.values())
     exact = len(set(passes.values())) == 1  # resumed as the same stack (almost always: kills between two members' commits are rare)
     for seed, run in resumed.items():
         _assert_trained_as_uninterrupted(store, run, whole[seed]["run_id"], seed, exact)
