@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
-from lenet5.archive import ORIGIN_TAG, export_experiment, import_archive, main
+from lenet5.archive import ORIGIN_TAG, snapshot_run, export_experiment, import_archive, main
 from lenet5.resume import CHECKPOINT_TAG, PASS_TAG
 from lenet5.study import runs_by_hash
 
@@ -121,3 +121,25 @@ def test_the_command_refuses_a_missing_experiment_and_a_folder_that_is_no_archiv
     assert main(["import", "--uri", store, "--from", str(tmp_path)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "experiment 'nope'" in errors[0] and "no runs/ folder" in errors[1]
+
+
+def test_a_pass_committed_while_a_run_is_read_is_not_half_exported(tmp_path):
+    """A run still training commits pass 2 (its metric and pass tag in one batch) between the
+    export's first read of the run and its read of the metrics: the record is taken again, so
+    its metrics and its pass tag agree and a continued run would not log pass 2 twice."""
+    store = fresh_store(tmp_path / "a")
+    client = mlflow.MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("study")).info.run_id
+    client.log_batch(run_id, metrics=[Metric("val_error", 0.5, 1, 1)], tags=[RunTag(PASS_TAG, "1")])
+
+    class CommitsDuringTheFirstRead(mlflow.MlflowClient):
+        committed = False
+
+        def get_metric_history(self, run_id, key):
+            if not self.committed:
+                self.committed = True
+                self.log_batch(run_id, metrics=[Metric("val_error", 0.25, 2, 2)], tags=[RunTag(PASS_TAG, "2")])
+            return super().get_metric_history(run_id, key)
+
+    record = snapshot_run(CommitsDuringTheFirstRead(store), run_id, "study", tmp_path / "unused.pt")
+    assert record["tags"][PASS_TAG] == "2" and [step for step, _, _ in record["metrics"]["val_error"]] == [1, 2]

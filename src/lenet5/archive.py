@@ -36,7 +36,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
-from .resume import CHECKPOINT_TAG
+from .resume import CHECKPOINT_TAG, PASS_TAG
 from .store import artifact_location
 from .tracking import get_or_create_experiment
 
@@ -64,6 +64,40 @@ def _runs(client: MlflowClient, experiment_id: str) -> list:
             return runs
 
 
+def snapshot_run(client: MlflowClient, run_id: str, experiment: str, checkpoint_file: Path, attempts: int = 10) -> dict:
+    """One run as a record, its checkpoint (an unfinished run's) copied to `checkpoint_file`.
+
+    A run still training commits a pass between our reads (metrics and tags in one batch, the
+    checkpoint just before): the record is taken again until the run's pass and status are the
+    same after the reads as before them, so its metrics, pass tag and checkpoint belong together
+    and a continued run never logs a pass twice."""
+    for _ in range(attempts):
+        run = client.get_run(run_id)
+        record = {
+            "origin": origin_of(run),
+            "experiment": experiment,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+            "params": dict(sorted(run.data.params.items())),
+            "tags": {k: v for k, v in sorted(run.data.tags.items()) if k not in LEFT_BEHIND_TAGS and k != ORIGIN_TAG},
+            # Every metric's whole history: [step, timestamp (ms), value], in logging order.
+            "metrics": {
+                key: [[m.step, m.timestamp, m.value] for m in client.get_metric_history(run_id, key)]
+                for key in sorted(run.data.metrics)
+            },
+            "checkpoint": None,
+        }
+        if run.info.status in UNFINISHED and CHECKPOINT_TAG in run.data.tags:
+            with tempfile.TemporaryDirectory() as scratch:
+                shutil.copyfile(client.download_artifacts(run_id, run.data.tags[CHECKPOINT_TAG], scratch), checkpoint_file)
+            record["checkpoint"] = checkpoint_file.name
+        again = client.get_run(run_id)
+        if (again.info.status, again.data.tags.get(PASS_TAG)) == (run.info.status, run.data.tags.get(PASS_TAG)):
+            return record
+    raise RuntimeError(f"run {run_id} committed a pass during each of {attempts} reads; export again")
+
+
 def export_experiment(uri: str, experiment: str, folder: Path) -> dict[str, int]:
     """Write every active run of `experiment` in store `uri` under `folder`; returns counts
     ({"runs": n, "checkpoints": k}). Raises LookupError when the experiment does not exist."""
@@ -74,28 +108,11 @@ def export_experiment(uri: str, experiment: str, folder: Path) -> dict[str, int]
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     (folder / "checkpoints").mkdir(exist_ok=True)
     counts = {"runs": 0, "checkpoints": 0}
-    for run in _runs(client, found.experiment_id):
-        origin = origin_of(run)
-        record = {
-            "origin": origin,
-            "experiment": experiment,
-            "status": run.info.status,
-            "start_time": run.info.start_time,
-            "end_time": run.info.end_time,
-            "params": dict(sorted(run.data.params.items())),
-            "tags": {k: v for k, v in sorted(run.data.tags.items()) if k not in LEFT_BEHIND_TAGS and k != ORIGIN_TAG},
-            # Every metric's whole history: [step, timestamp (ms), value], in logging order.
-            "metrics": {
-                key: [[m.step, m.timestamp, m.value] for m in client.get_metric_history(run.info.run_id, key)]
-                for key in sorted(run.data.metrics)
-            },
-            "checkpoint": None,
-        }
+    for listed in _runs(client, found.experiment_id):
+        origin = origin_of(listed)
         kept = folder / "checkpoints" / f"{origin}.pt"
-        if run.info.status in UNFINISHED and CHECKPOINT_TAG in run.data.tags:
-            with tempfile.TemporaryDirectory() as scratch:
-                shutil.copyfile(client.download_artifacts(run.info.run_id, run.data.tags[CHECKPOINT_TAG], scratch), kept)
-            record["checkpoint"] = kept.name
+        record = snapshot_run(client, listed.info.run_id, experiment, kept)
+        if record["checkpoint"]:
             counts["checkpoints"] += 1
         else:
             kept.unlink(missing_ok=True)  # finished since the last export: its checkpoint is spent
