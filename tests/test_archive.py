@@ -143,3 +143,20 @@ def test_a_pass_committed_while_a_run_is_read_is_not_half_exported(tmp_path):
 
     record = snapshot_run(CommitsDuringTheFirstRead(store), run_id, "study", tmp_path / "unused.pt")
     assert record["tags"][PASS_TAG] == "2" and [step for step, _, _ in record["metrics"]["val_error"]] == [1, 2]
+
+
+def test_a_run_past_mlflows_request_limits_travels_whole(tmp_path):
+    """More metric points, params and tags than one MLflow request takes (1,000 entities, 100
+    params or tags): the client splits the import's one log_batch into requests by itself."""
+    source, target = fresh_store(tmp_path / "a"), fresh_store(tmp_path / "b")
+    client = mlflow.MlflowClient(source)
+    run_id = client.create_run(client.create_experiment("study")).info.run_id
+    client.log_batch(run_id, params=[Param(f"p{i}", str(i)) for i in range(150)], tags=[RunTag(f"t{i}", str(i)) for i in range(150)])
+    client.log_batch(run_id, metrics=[Metric(f"m{i % 3}", float(i), i, i) for i in range(2_500)])
+    client.set_terminated(run_id, "FINISHED")
+    export_experiment(source, "study", tmp_path / "archive")
+    import_archive(target, tmp_path / "archive")
+    (run,) = _by_origin(target).values()
+    assert len(run.data.params) == 150 and {f"t{i}" for i in range(150)} <= set(run.data.tags)
+    histories = [mlflow.MlflowClient(target).get_metric_history(run.info.run_id, f"m{k}") for k in range(3)]
+    assert sorted(m.step for h in histories for m in h) == list(range(2_500))

@@ -118,7 +118,7 @@ def test_a_stack_killed_after_pass_one_resumes_in_its_runs_to_the_uninterrupted_
     client = mlflow.MlflowClient(store)
     client.rename_experiment(client.get_experiment_by_name("killed").experiment_id, "killed, left behind")
     assert import_archive(store, tmp_path / "archive")["checkpoints"] == len(SEEDS)
-    carried = {seed: run for seed, run in _members(store, "killed").items()}
+    carried = _members(store, "killed")
     assert {run.data.tags[ORIGIN_TAG] for run in carried.values()} == {run.info.run_id for run in ghosts.values()}
 
     again = run_cli(*command, cwd=tmp_path)

@@ -33,35 +33,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from .resume import CHECKPOINT_TAG, PASS_TAG
 from .store import artifact_location
-from .tracking import get_or_create_experiment
+from .tracking import get_or_create_experiment, list_runs
 
 ORIGIN_TAG = "archive.origin"
 #: Tags that describe artifacts or records which do not travel with the archive.
 LEFT_BEHIND_TAGS = {"mlflow.log-model.history"}
 UNFINISHED = ("RUNNING", "KILLED")
-#: MLflow's per-request limits of log_batch.
-BATCH_METRICS, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
 
 def origin_of(run: Any) -> str:
     """The id a run had in the store that first recorded it."""
     return run.data.tags.get(ORIGIN_TAG, run.info.run_id)
-
-
-def _runs(client: MlflowClient, experiment_id: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=5000, page_token=token)
-        runs += page
-        token = page.token
-        if not token:
-            return runs
 
 
 def snapshot_run(client: MlflowClient, run_id: str, experiment: str, checkpoint_file: Path, attempts: int = 10) -> dict:
@@ -108,7 +96,7 @@ def export_experiment(uri: str, experiment: str, folder: Path) -> dict[str, int]
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     (folder / "checkpoints").mkdir(exist_ok=True)
     counts = {"runs": 0, "checkpoints": 0}
-    for listed in _runs(client, found.experiment_id):
+    for listed in list_runs(client, found.experiment_id):
         origin = origin_of(listed)
         kept = folder / "checkpoints" / f"{origin}.pt"
         record = snapshot_run(client, listed.info.run_id, experiment, kept)
@@ -121,11 +109,6 @@ def export_experiment(uri: str, experiment: str, folder: Path) -> dict[str, int]
     return counts
 
 
-def _batches(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def import_archive(uri: str, folder: Path, artifact_root: str | None = None) -> dict[str, int]:
     """Recreate under store `uri` every run of the archive in `folder` that the store does not
     hold yet (by origin); returns counts ({"imported": n, "present": m, "checkpoints": k})."""
@@ -136,7 +119,7 @@ def import_archive(uri: str, folder: Path, artifact_root: str | None = None) -> 
     experiments: dict[str, str] = {}
     for name in dict.fromkeys(record["experiment"] for record in records):
         experiments[name] = get_or_create_experiment(client, name, artifact_location(uri, artifact_root))
-        new_id |= {origin_of(run): run.info.run_id for run in _runs(client, experiments[name])}
+        new_id |= {origin_of(run): run.info.run_id for run in list_runs(client, experiments[name])}
     todo = []
     for record in records:
         if record["origin"] in new_id:
@@ -157,12 +140,7 @@ def import_archive(uri: str, folder: Path, artifact_root: str | None = None) -> 
         tags = [RunTag(key, renamed(value)) for key, value in record["tags"].items()]
         params = [Param(key, value) for key, value in record["params"].items()]
         metrics = [Metric(key, value, timestamp, step) for key, points in record["metrics"].items() for step, timestamp, value in points]
-        for chunk in _batches(tags, BATCH_TAGS):
-            client.log_batch(run_id, tags=chunk)
-        for chunk in _batches(params, BATCH_PARAMS):
-            client.log_batch(run_id, params=chunk)
-        for chunk in _batches(metrics, BATCH_METRICS):
-            client.log_batch(run_id, metrics=chunk)
+        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)  # the client splits it into MLflow's request limits
         if record["checkpoint"]:
             # Where the run's checkpoint tag points (checkpoints/slotN.pt), under that file name.
             where, _, name = record["tags"][CHECKPOINT_TAG].rpartition("/")

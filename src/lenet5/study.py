@@ -253,21 +253,18 @@ def _hash_of(overrides: list[str]) -> str:
 def runs_by_hash(client, experiment_id: str) -> dict[str, Any]:
     """{config_hash: run} over the experiment: the FINISHED run of each hash, else one that
     FAILED because its loss diverged (a result of the rate: the same config fails the same way)."""
+    from .tracking import list_runs  # MLflow and Lightning: not for `--help` or a refused command line
+
     found: dict[str, Any] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], max_results=5000, page_token=token)
-        for run in page:
-            job_hash = run.data.tags.get("config_hash")
-            if job_hash is None:
-                continue
-            if run.info.status == "FINISHED":
-                found[job_hash] = run
-            elif run.info.status == "FAILED" and run.data.tags.get("failure_reason", "").startswith(DIVERGED):
-                found.setdefault(job_hash, run)
-        token = page.token
-        if not token:
-            return found
+    for run in list_runs(client, experiment_id):
+        job_hash = run.data.tags.get("config_hash")
+        if job_hash is None:
+            continue
+        if run.info.status == "FINISHED":
+            found[job_hash] = run
+        elif run.info.status == "FAILED" and run.data.tags.get("failure_reason", "").startswith(DIVERGED):
+            found.setdefault(job_hash, run)
+    return found
 
 
 def study_id_of(cfg: Any, variants: list[Variant], run_args: list[str]) -> str:

@@ -30,6 +30,17 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}
 
 
+def list_runs(client: MlflowClient, experiment_id: str) -> list:
+    """Every active run of the experiment, across as many pages as the store returns."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=5000, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            return runs
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
     """The id of experiment `name`, created if needed (artifacts under `artifact_root` for a
     local store; a server decides for itself). Safe when several processes race to create it."""
