@@ -15,7 +15,8 @@ its last committed pass, exactly as after a kill on the same machine (resume.py)
 What does not travel: other artifacts (the trained network, figures), which stay in the store
 that trained them, and the MLflow dataset inputs. Run ids are new in the importing store; each
 imported run keeps its first id as the `archive.origin` tag, and tags that named another run of
-the archive (`mlflow.parentRunId`, `tune.selected_run_ids`) name its new id. Both directions
+the archive (`mlflow.parentRunId`, `tune.selected_run_ids`) name its new id; export writes them
+back as origins, so exporting an imported store rewrites no file of the archive. Both directions
 merge: export overwrites the files of the runs it finds and keeps the others (a store that
 lacks a run never deletes it from the archive), and import skips every run whose origin the
 store holds already, so importing twice adds nothing.
@@ -52,8 +53,16 @@ def origin_of(run: Any) -> str:
     return run.data.tags.get(ORIGIN_TAG, run.info.run_id)
 
 
-def snapshot_run(client: MlflowClient, run_id: str, experiment: str, checkpoint_file: Path, attempts: int = 10) -> dict:
-    """One run as a record, its checkpoint (an unfinished run's) copied to `checkpoint_file`.
+def _renamed(value: str, ids: dict[str, str]) -> str:
+    """`value` with every run id that `ids` knows replaced by its image."""
+    return RUN_ID.sub(lambda m: ids.get(m.group(0), m.group(0)), value)
+
+
+def snapshot_run(
+    client: MlflowClient, run_id: str, experiment: str, checkpoint_file: Path, origins: dict[str, str] | None = None, attempts: int = 10
+) -> dict:
+    """One run as a record, its checkpoint (an unfinished run's) copied to `checkpoint_file`;
+    run ids in its tags are written as their runs' origins (`origins`: store id -> origin).
 
     A run still training commits a pass between our reads (metrics and tags in one batch, the
     checkpoint just before): the record is taken again until the run's pass and status are the
@@ -68,7 +77,9 @@ def snapshot_run(client: MlflowClient, run_id: str, experiment: str, checkpoint_
             "start_time": run.info.start_time,
             "end_time": run.info.end_time,
             "params": dict(sorted(run.data.params.items())),
-            "tags": {k: v for k, v in sorted(run.data.tags.items()) if k not in LEFT_BEHIND_TAGS and k != ORIGIN_TAG},
+            "tags": {
+                k: _renamed(v, origins or {}) for k, v in sorted(run.data.tags.items()) if k not in LEFT_BEHIND_TAGS and k != ORIGIN_TAG
+            },
             # Every metric's whole history: [step, timestamp (ms), value], in logging order.
             "metrics": {
                 key: [[m.step, m.timestamp, m.value] for m in client.get_metric_history(run_id, key)]
@@ -96,10 +107,12 @@ def export_experiment(uri: str, experiment: str, folder: Path) -> dict[str, int]
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     (folder / "checkpoints").mkdir(exist_ok=True)
     counts = {"runs": 0, "checkpoints": 0}
-    for listed in list_runs(client, found.experiment_id):
-        origin = origin_of(listed)
+    listed_runs = list_runs(client, found.experiment_id)
+    origins = {run.info.run_id: origin_of(run) for run in listed_runs}
+    for listed in listed_runs:
+        origin = origins[listed.info.run_id]
         kept = folder / "checkpoints" / f"{origin}.pt"
-        record = snapshot_run(client, listed.info.run_id, experiment, kept)
+        record = snapshot_run(client, listed.info.run_id, experiment, kept, origins)
         if record["checkpoint"]:
             counts["checkpoints"] += 1
         else:
@@ -132,12 +145,9 @@ def import_archive(uri: str, folder: Path, artifact_root: str | None = None) -> 
         new_id[record["origin"]] = run.info.run_id
         todo.append(record)
 
-    def renamed(value: str) -> str:
-        return RUN_ID.sub(lambda m: new_id.get(m.group(0), m.group(0)), value)
-
     for record in todo:
         run_id = new_id[record["origin"]]
-        tags = [RunTag(key, renamed(value)) for key, value in record["tags"].items()]
+        tags = [RunTag(key, _renamed(value, new_id)) for key, value in record["tags"].items()]
         params = [Param(key, value) for key, value in record["params"].items()]
         metrics = [Metric(key, value, timestamp, step) for key, points in record["metrics"].items() for step, timestamp, value in points]
         client.log_batch(run_id, metrics=metrics, params=params, tags=tags)  # the client splits it into MLflow's request limits
