@@ -275,3 +275,21 @@ def test_a_stores_artifacts_live_beside_it(tmp_path):
     assert artifact_location("sqlite:///rel/x.db", None) == str((Path.cwd() / "rel" / "mlartifacts").resolve())
     assert artifact_location(f"sqlite:///{tmp_path}/x.db", "/elsewhere") == "/elsewhere"  # as asked
     assert artifact_location("http://127.0.0.1:5000", "/elsewhere") is None  # a server decides
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", [[], ["-m", "hydra/launcher=stacked", "seed=0,1"]], ids=["single", "stacked"])
+def test_a_run_without_a_test_split_reports_its_validation_error(launch, tmp_path):
+    """A tuning run (data.test=false) has no test error: each engine's last line gives the
+    validation error it is judged by, not 'test error nan%'."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = run_cli(*launch, *small_overrides(store, subset=300), "data.val_size=1000", "data.test=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if "error" in line and "after 1 epochs" in line]
+    assert len(lines) == (2 if launch else 1), done.stdout[-2000:]
+    client = mlflow.MlflowClient(store)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("tests").experiment_id]) if "config_hash" in r.data.tags]
+    assert len(runs) == len(lines)  # the training runs, not the sweep's parent
+    for run in runs:
+        assert f"validation error {run.data.metrics['val_error']:.2f}%" in "\n".join(lines)
+    assert not any("nan" in line for line in lines)

@@ -100,6 +100,16 @@ def record_outcome(run: TrackedRun, cfg: Any, module: LeNet5Module, datamodule: 
     return test_error
 
 
+def outcome_line(run: TrackedRun, name: str, cfg: Any, test_error: float) -> str:
+    """The console's line for a finished run: its test error (%), or for a run without a test
+    split (data.test=false, a tuning run) its last validation error (%), which it is judged by."""
+    epochs = cfg.trainer.max_epochs
+    if cfg.data.test:
+        return f"{name}: test error {test_error:.2f}% after {epochs} epochs"
+    val_error = run.client.get_run(run.run_id).data.metrics.get("val_error", float("nan"))
+    return f"{name}: validation error {val_error:.2f}% after {epochs} epochs (data.test=false: no test error)"
+
+
 def job_result(run_id: str, name: str, test_error: float, cfg: Any) -> dict[str, Any]:
     """What an `engine.Engine` returns for each job:
     its run, its test error (%), and where the run is recorded."""

@@ -45,7 +45,7 @@ from .engine import Job, training_device, use_deterministic_kernels
 from .losses import check_loss_finite
 from .figures import sdlm_steps_figure
 from .model.counts import counts_table
-from .recording import job_result, record_outcome, record_setup
+from .recording import job_result, outcome_line, record_outcome, record_setup
 from .resume import (
     JobBusy, JobClaim, commit_pass, delete_checkpoints, load_checkpoint,
 )  # fmt: skip
@@ -122,7 +122,7 @@ def train_stacked(jobs: list[Job]) -> list[dict[str, Any]]:
             end_run(run)
             delete_checkpoints(run.client, run.run_id)
             results[i] = job_result(run.run_id, name, test_error, cfg)
-            print(f"{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs (run {run.run_id})")
+            print(f"{outcome_line(run, name, cfg, test_error)} (run {run.run_id})")
     except BaseException as err:
         for member in members:
             if member.index not in results:

@@ -13,7 +13,7 @@ from .config import OptimName
 from .engine import Job, use_deterministic_kernels
 from .model.counts import counts_table
 from .module import LeNet5Module
-from .recording import job_result, record_outcome, record_setup
+from .recording import job_result, outcome_line, record_outcome, record_setup
 from .resume import JobClaim, PassCheckpoint, delete_checkpoints, load_checkpoint
 from .tracking import TrackedRun, tracked_run
 
@@ -77,8 +77,7 @@ def train_single(job: Job) -> dict[str, Any]:
     delete_checkpoints(run.client, run.run_id)
 
     print(
-        f"\n{name}: test error {test_error:.2f}% after {cfg.trainer.max_epochs} epochs "
-        f"(run {run.run_id} in experiment '{cfg.tracking.experiment}')\n"
+        f"\n{outcome_line(run, name, cfg, test_error)} (run {run.run_id} in experiment '{cfg.tracking.experiment}')\n"
         f"browse all runs: mlflow ui --backend-store-uri {cfg.tracking.uri}, then open\n"
         f"  {ui_address(cfg, run)}"
     )
