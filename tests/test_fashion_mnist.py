@@ -98,8 +98,9 @@ def test_a_fashion_run_logs_fashion_mnist_inputs(fashion_root, store):
     assert all(d.source.rstrip('"}').endswith("FashionMNIST/raw") for d in inputs.values())
 
 
-def test_without_the_test_split_nothing_is_evaluated_on_test(store):
-    """data.test=false: the test images are not loaded, so no test metric or input can exist."""
+def test_without_the_test_split_nothing_is_evaluated_on_test(store, capsys):
+    """data.test=false: the test images are not loaded, so no test metric or input can exist;
+    the run ends by printing the validation error it is judged by (not 'test error nan%')."""
     cfg = compose("data.test=false", "data.val_size=500", *small_overrides(store, subset=300))
     datamodule = MNISTDataModule(as_config(cfg).data)
     assert "test" not in datamodule.split_rows() and datamodule.eval_split_names == ["val"]
@@ -108,6 +109,7 @@ def test_without_the_test_split_nothing_is_evaluated_on_test(store):
     assert "val_error" in run.data.metrics and not [m for m in run.data.metrics if m.startswith("test")]
     assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation"}
     assert result["test_error"] != result["test_error"]  # NaN
+    assert f"validation error {run.data.metrics['val_error']:.2f}% after 1 epochs" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="data.test=False with data.val_size=0 evaluates nothing"):
         from lenet5.validate import check_config
 
