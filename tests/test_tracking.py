@@ -26,7 +26,7 @@ FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     store = fresh_store(tmp_path_factory.mktemp('store'))
-    overrides = [*small_overrides(store, experiment="tracking"), "trainer.max_epochs=2", "data.val_size=500"]
+    overrides = [*small_overrides(store, experiment="tracking", subset=600), "data.test_subset=300", "trainer.max_epochs=2", "data.val_size=500"]
     cfg = compose("model.pool=max", "model.activation=relu", "seed=1", *overrides)
     result = train(cfg)
     client = mlflow.MlflowClient(store)
@@ -127,10 +127,10 @@ def test_mnist_splits_are_logged_inputs(tracked):
     assert {d.name for d in inputs.values()} == {"mnist"}
     assert len({d.digest for d in inputs.values()}) == 3
     profiles = {context: json.loads(d.profile) for context, d in inputs.items()}
-    # data.train_subset=2000, data.val_size=500 (the last 500 training images), data.test_subset=1000
-    assert profiles["training"]["num_images"] == 2000 and profiles["training"]["rows"] == "0:2000"
+    # data.train_subset=600, data.val_size=500 (the last 500 training images), data.test_subset=300
+    assert profiles["training"]["num_images"] == 600 and profiles["training"]["rows"] == "0:600"
     assert profiles["validation"]["num_images"] == 500 and profiles["validation"]["rows"] == "59500:60000"
-    assert profiles["test"]["num_images"] == 1000 and "t10k-images-idx3-ubyte" in profiles["test"]["files"]
+    assert profiles["test"]["num_images"] == 300 and "t10k-images-idx3-ubyte" in profiles["test"]["files"]
     assert json.loads(inputs["test"].source)["uri"].endswith("MNIST/raw")
 
 
@@ -138,8 +138,8 @@ def test_dataset_digest_follows_the_images_not_the_run(tracked, tmp_path):
     _, _, run = tracked
     raw = tmp_path / "raw"
     logged = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}
-    same = mnist_inputs(raw, {"test": (False, 0, 1000)})[0].dataset.digest
-    other = mnist_inputs(raw, {"test": (False, 0, 999)})[0].dataset.digest
+    same = mnist_inputs(raw, {"test": (False, 0, 300)})[0].dataset.digest
+    other = mnist_inputs(raw, {"test": (False, 0, 299)})[0].dataset.digest
     assert same == logged["test"]  # another folder, same rows of the same files
     assert other != same
 
@@ -159,7 +159,7 @@ def test_final_network_is_logged_and_reproduces_the_test_error(tracked):
         for images, labels in datamodule.eval_batches("test"):
             wrong += (network.predict(network(images)) != labels).sum().item()
             total += len(labels)
-    assert total == 1000
+    assert total == 300
     assert 100.0 * wrong / total == result["test_error"]
     assert run.data.metrics["test_error"] == pytest.approx(100.0 * wrong / total, abs=1e-4)
 
