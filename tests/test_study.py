@@ -4,6 +4,8 @@ images, finals over 2 seeds; then the same command again, and a second study sha
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -35,6 +37,17 @@ def study_cli(*args: str, cwd, timeout: int = 900) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
+def study_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`lenet5.study.main(args)` in this process, from `cwd`, its output captured. The run.py
+    launches it makes are still subprocesses; what is saved is the study process's own start
+    (imports and store, several seconds), which one real `python -m lenet5.study` launch in the
+    fixture still pays."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["lenet5.study", *args], code, out.getvalue(), err.getvalue())
+
+
 def run_overrides(store: str) -> list[str]:
     # small_overrides sets trainer.max_epochs, which a study owns (study.*.passes): left out.
     return [o for o in small_overrides(store, EXPERIMENT, subset=300) if not o.startswith("trainer.max_epochs")] + ["data.test_subset=300"]
@@ -48,13 +61,14 @@ def all_runs(store: str):
 
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory):
-    """Four launches on one store: the grid alone; the same study refined (the default); that
-    command again, with settings that change nothing trained; and its finals grown from the 2
-    pilot seeds to the 3 that study.final.min_seeds asks of every variant."""
+    """Four launches on one store: the grid alone; the same study refined (the default), as a
+    real `python -m lenet5.study` process; that command again, with settings that change nothing
+    trained; and its finals grown from the 2 pilot seeds to the 3 that study.final.min_seeds asks
+    of every variant."""
     folder = tmp_path_factory.mktemp("study")
     store = fresh_store(folder)
     command = ["variant=none,optim_adam", *run_overrides(store), *STUDY, f"study.out={folder / 'report'}"]
-    grid = study_cli(*command, "study.tune.refine=false", f"study.out={folder / 'report_grid'}", cwd=folder)
+    grid = study_in_process(*command, "study.tune.refine=false", f"study.out={folder / 'report_grid'}", cwd=folder)
     assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
     _, after_grid = all_runs(store)
     first = study_cli(*command, cwd=folder)
@@ -62,10 +76,10 @@ def studied(tmp_path_factory):
     _, after_first = all_runs(store)
     # Again, with settings that change nothing trained (as a user resuming on another machine
     # might): still the same study, so no parent run and no training run is added.
-    again = study_cli(*command, "trainer.compile=false", f"study.out={folder / 'report_again'}", cwd=folder)
+    again = study_in_process(*command, "trainer.compile=false", f"study.out={folder / 'report_again'}", cwd=folder)
     assert again.returncode == 0, again.stderr[-3000:]
     _, after_again = all_runs(store)
-    grown = study_cli(*command, *GROW, f"study.out={folder / 'report_grown'}", cwd=folder)
+    grown = study_in_process(*command, *GROW, f"study.out={folder / 'report_grown'}", cwd=folder)
     assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
     _, after_grown = all_runs(store)
     return Launches(store, folder, first, after_first, again, after_again, grown, after_grid, after_grown)
@@ -240,7 +254,7 @@ def test_the_study_id_ignores_what_changes_nothing_trained():
 @pytest.mark.slow
 def test_a_study_sharing_a_variant_reuses_its_tuning_and_finals(studied):
     store, folder = studied.store, studied.folder
-    done = study_cli("variant=none", *run_overrides(store), *STUDY, f"study.out={folder / 'report_paper'}", cwd=folder)
+    done = study_in_process("variant=none", *run_overrides(store), *STUDY, f"study.out={folder / 'report_paper'}", cwd=folder)
     assert done.returncode == 0, done.stderr[-3000:]
     _, after = all_runs(store)
     assert [r.data.tags.get("study.parent") for r in _new(after, studied.after_grown)] == ["true"]  # only its parent run
