@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python run.py $(ARGS)
 
-## Check the code uses public APIs only (ruff, configured in pyproject.toml), then run the test suite (CI sets MNIST_ROOT=../shared/data)
+## Check the code uses public APIs only (ruff, configured in pyproject.toml), then run the test suite (CI sets MNIST_ROOT=../shared/data);
+## the 15 longest tests are listed at the end, so every CI log shows where the suite's time goes
 test: $(STAMP)
 	$(BIN)/ruff check
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 ## The fast tier for day-to-day work: every test not marked slow (no training subprocesses)
 test-fast: $(STAMP)
