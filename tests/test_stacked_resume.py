@@ -29,6 +29,13 @@ pytestmark = pytest.mark.slow
 
 
 TRAIN, TEST, PASSES, SEEDS = 300, 300, 3, (0, 1)
+#: How many of the TRAIN or TEST images an error may differ by where the comparison is not exact
+#: (models trained in stacks of other sizes, or by the other engine, add in another order). On this
+#: project's AMD EPYC machines they differ by none, the weights by 3e-4 to 7e-4 of the distance
+#: training moved them; on an Intel Xeon CI machine (2026-12) one member's test error moved by more
+#: than one image. A few borderline images of a network three passes into training flip with such
+#: rounding; a resume from the wrong state moves the weights, which `missed < 1e-2 * moved` bounds.
+ERROR_IMAGES = 3
 SHARED = ["experiment=paper", "optim.curvature_samples=100"]  # SDLM with h_kk's running average
 
 
@@ -60,8 +67,9 @@ def reference(tmp_path_factory):
 
 def _assert_trained_as_uninterrupted(store: str, run, expected_id: str, seed: str, exact: bool, telemetry_rel: float = 1e-3) -> None:
     """`run` FINISHED with one value per pass of every metric, equal to the uninterrupted run's
-    (`exact`: to the last digit; else to test_stacked.py's float32 tolerance, `telemetry_rel`
-    for SDLM's step telemetry), and no checkpoints left."""
+    (`exact`: to the last digit; else errors within ERROR_IMAGES images, the rest within
+    test_stacked.py's float32 tolerance, `telemetry_rel` for SDLM's step telemetry), and no
+    checkpoints left."""
     client = mlflow.MlflowClient(store)
     expected = client.get_run(expected_id)
     assert run.info.status == "FINISHED"
@@ -76,7 +84,7 @@ def _assert_trained_as_uninterrupted(store: str, run, expected_id: str, seed: st
         if exact:
             assert got == want, key
         elif key.endswith("_error"):
-            assert all(abs(x - y) <= 100.0 / min(TRAIN, TEST) + 1e-9 for (_, x), (_, y) in zip(got, want)), key
+            assert all(abs(x - y) <= ERROR_IMAGES * 100.0 / min(TRAIN, TEST) + 1e-9 for (_, x), (_, y) in zip(got, want)), (key, got, want)
         else:
             rel = telemetry_rel if key.startswith("sdlm/") else 1e-3
             assert [y for _, y in got] == pytest.approx([x for _, x in want], rel=rel), key
