@@ -46,12 +46,12 @@ def fresh_store(folder: Path, name: str = "mlflow.db") -> str:
     return f"sqlite:///{folder / name}"
 
 
-def small_overrides(store: str, experiment: str = "tests", subset: int = 2000) -> list[str]:
-    """Overrides that keep a run small: a real MNIST subset, 1 epoch, 1,000 test images
+def small_overrides(store: str, experiment: str = "tests", subset: int = 2000, test_subset: int = 1000) -> list[str]:
+    """Overrides that keep a run small: a real MNIST subset, 1 epoch, `test_subset` test images
     (artifacts go beside the store by default)."""
     return [
         f"data.train_subset={subset}",
-        "data.test_subset=1000",
+        f"data.test_subset={test_subset}",
         "trainer.max_epochs=1",
         "trainer.progress_bar=false",
         f"tracking.uri={store}",

@@ -20,13 +20,15 @@ from .helpers import compose, fresh_store, small_overrides
 #: Every test here trains real runs or launches the CLI: the slow tier.
 pytestmark = pytest.mark.slow
 
+#: The tracked run's images: what is checked is what it records, not how well it learns.
+TRAIN, VAL, TEST = 600, 500, 300
 FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", "optim", "preprocess")
 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     store = fresh_store(tmp_path_factory.mktemp('store'))
-    overrides = [*small_overrides(store, experiment="tracking", subset=600), "data.test_subset=300", "trainer.max_epochs=2", "data.val_size=500"]
+    overrides = [*small_overrides(store, experiment="tracking", subset=TRAIN, test_subset=TEST), "trainer.max_epochs=2", f"data.val_size={VAL}"]
     cfg = compose("model.pool=max", "model.activation=relu", "seed=1", *overrides)
     result = train(cfg)
     client = mlflow.MlflowClient(store)
@@ -45,7 +47,7 @@ def test_params_are_the_flattened_config(tracked):
     params = run.data.params
     assert params["model.pool"] == "max" and params["model.activation"] == "relu"
     assert params["optim.name"] == "sdlm" and params["optim.mu"] == "0.02" and params["loss.name"] == "map" and params["seed"] == "1"
-    assert params["trainer.max_epochs"] == "2" and params["data.val_size"] == "500"
+    assert params["trainer.max_epochs"] == "2" and params["data.val_size"] == str(VAL)
 
 
 def test_tags_name_every_ablation_factor(tracked):
@@ -127,10 +129,10 @@ def test_mnist_splits_are_logged_inputs(tracked):
     assert {d.name for d in inputs.values()} == {"mnist"}
     assert len({d.digest for d in inputs.values()}) == 3
     profiles = {context: json.loads(d.profile) for context, d in inputs.items()}
-    # data.train_subset=600, data.val_size=500 (the last 500 training images), data.test_subset=300
-    assert profiles["training"]["num_images"] == 600 and profiles["training"]["rows"] == "0:600"
-    assert profiles["validation"]["num_images"] == 500 and profiles["validation"]["rows"] == "59500:60000"
-    assert profiles["test"]["num_images"] == 300 and "t10k-images-idx3-ubyte" in profiles["test"]["files"]
+    # data.train_subset=TRAIN, data.val_size=VAL (the last VAL training images), data.test_subset=TEST
+    assert profiles["training"]["num_images"] == TRAIN and profiles["training"]["rows"] == f"0:{TRAIN}"
+    assert profiles["validation"]["num_images"] == VAL and profiles["validation"]["rows"] == f"{60_000 - VAL}:60000"
+    assert profiles["test"]["num_images"] == TEST and "t10k-images-idx3-ubyte" in profiles["test"]["files"]
     assert json.loads(inputs["test"].source)["uri"].endswith("MNIST/raw")
 
 
@@ -138,8 +140,8 @@ def test_dataset_digest_follows_the_images_not_the_run(tracked, tmp_path):
     _, _, run = tracked
     raw = tmp_path / "raw"
     logged = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}
-    same = mnist_inputs(raw, {"test": (False, 0, 300)})[0].dataset.digest
-    other = mnist_inputs(raw, {"test": (False, 0, 299)})[0].dataset.digest
+    same = mnist_inputs(raw, {"test": (False, 0, TEST)})[0].dataset.digest
+    other = mnist_inputs(raw, {"test": (False, 0, TEST - 1)})[0].dataset.digest
     assert same == logged["test"]  # another folder, same rows of the same files
     assert other != same
 
@@ -159,7 +161,7 @@ def test_final_network_is_logged_and_reproduces_the_test_error(tracked):
         for images, labels in datamodule.eval_batches("test"):
             wrong += (network.predict(network(images)) != labels).sum().item()
             total += len(labels)
-    assert total == 300
+    assert total == TEST
     assert 100.0 * wrong / total == result["test_error"]
     assert run.data.metrics["test_error"] == pytest.approx(100.0 * wrong / total, abs=1e-4)
 

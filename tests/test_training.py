@@ -63,7 +63,7 @@ def test_factor_combinations_run_a_training_step(factors, head_loss, optim):
 def test_same_seed_same_metrics_to_the_last_digit(store):
     import mlflow
 
-    overrides = [*small_overrides(store, subset=300), "data.test_subset=300"]  # determinism needs no more images
+    overrides = small_overrides(store, subset=300, test_subset=300)  # determinism needs no more images
     runs = [train(compose("experiment=paper", "trainer.max_epochs=2", *overrides, f"seed={s}")) for s in (7, 7, 8)]
     client = mlflow.MlflowClient(store)
     history = [
