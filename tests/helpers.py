@@ -46,13 +46,16 @@ def fresh_store(folder: Path, name: str = "mlflow.db") -> str:
     return f"sqlite:///{folder / name}"
 
 
-def small_overrides(store: str, experiment: str = "tests", subset: int = 2000, test_subset: int = 1000) -> list[str]:
-    """Overrides that keep a run small: a real MNIST subset, 1 epoch, `test_subset` test images
-    (artifacts go beside the store by default)."""
+def small_overrides(
+    store: str, experiment: str = "tests", subset: int = 2000, test_subset: int = 1000, passes: int | None = 1
+) -> list[str]:
+    """Overrides that keep a run small: `subset` real MNIST training images, `test_subset` test
+    images, `passes` epochs (None leaves them to the caller's config, as a study's stages set their
+    own), artifacts beside the store."""
     return [
         f"data.train_subset={subset}",
         f"data.test_subset={test_subset}",
-        "trainer.max_epochs=1",
+        *([f"trainer.max_epochs={passes}"] if passes is not None else []),
         "trainer.progress_bar=false",
         f"tracking.uri={store}",
         f"tracking.experiment={experiment}",
@@ -87,8 +90,7 @@ def assert_tables_rebuild_from_runs_csv(report: Path, out: Path) -> None:
 
 
 def short_overrides(store: str, experiment: str, passes: int = 3, subset: int = 600) -> list[str]:
-    small = [o for o in small_overrides(store, experiment, subset=subset) if not o.startswith(("trainer.max_epochs", "data.test_subset"))]
-    return [*small, f"trainer.max_epochs={passes}", "data.test_subset=500"]
+    return small_overrides(store, experiment, subset=subset, test_subset=500, passes=passes)
 
 
 def launch(*args: str) -> subprocess.Popen:

@@ -75,7 +75,7 @@ def kept_store(tmp_path_factory):
     """A store that already holds a finished run: a rejected command must leave it as it was."""
     folder = tmp_path_factory.mktemp("kept")
     store_file = folder / "kept.db"
-    done = run_cli(*small_overrides(f"sqlite:///{store_file}", subset=200), "data.test_subset=100", cwd=folder)
+    done = run_cli(*small_overrides(f"sqlite:///{store_file}", subset=200, test_subset=100), cwd=folder)
     assert done.returncode == 0, done.stderr[-2000:]
     return store_file
 

@@ -89,7 +89,7 @@ def test_dataset_is_a_factor_of_the_name_and_the_hash_and_mnist_hashes_did_not_m
 
 
 def test_a_fashion_run_logs_fashion_mnist_inputs(fashion_root, store):
-    result = train(compose("data.dataset=fashion_mnist", "data.val_size=500", *small_overrides(store, subset=300), "data.test_subset=300"))
+    result = train(compose("data.dataset=fashion_mnist", "data.val_size=500", *small_overrides(store, subset=300, test_subset=300)))
     run = MlflowClient(store).get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["ablation.dataset"] == "fashion_mnist"
     assert run.data.params["data.dataset"] == "fashion_mnist" and "dataset=fashion_mnist" in run.info.run_name

@@ -247,7 +247,7 @@ def test_logged_effective_steps_equal_eta_over_mu_plus_h_from_the_optimizer(stor
     passes = 3
     # gamma 0: h_kk as estimated at the pass's start stays until the next pass (the running
     # average would move it after the telemetry is logged).
-    cfg = compose("experiment=paper", *small_overrides(store, subset=256), f"trainer.max_epochs={passes}", "optim.curvature_gamma=0")
+    cfg = compose("experiment=paper", *small_overrides(store, subset=256, passes=passes), "optim.curvature_gamma=0")
     trainer, module, run_id = _fit(cfg, store)
     client = mlflow.MlflowClient(store)
     # After the last pass the optimizer still holds the h_kk estimated at its start; the

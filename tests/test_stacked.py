@@ -39,7 +39,7 @@ CASES = {
 
 
 def job_configs(store: str, experiment: str, shared: list[str], jobs: list[list[str]], passes: int):
-    small = [*small_overrides(store, experiment, subset=TRAIN), f"data.test_subset={TEST}", f"trainer.max_epochs={passes}"]
+    small = small_overrides(store, experiment, subset=TRAIN, test_subset=TEST, passes=passes)
     return [compose(*shared, *small, *own) for own in jobs]
 
 

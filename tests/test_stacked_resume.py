@@ -40,8 +40,7 @@ SHARED = ["experiment=paper", "optim.curvature_samples=100"]  # SDLM with h_kk's
 
 
 def _overrides(store: str, experiment: str) -> list[str]:
-    small = [o for o in small_overrides(store, experiment, subset=TRAIN) if not o.startswith(("trainer.max_epochs", "data.test_subset"))]
-    return [*SHARED, *small, f"data.test_subset={TEST}", f"trainer.max_epochs={PASSES}"]
+    return [*SHARED, *small_overrides(store, experiment, subset=TRAIN, test_subset=TEST, passes=PASSES)]
 
 
 def _members(store: str, experiment: str) -> dict[str, object]:
@@ -243,7 +242,7 @@ def test_member_states_continue_a_stack_exactly(shared_optimizer, shared, tmp_pa
     from lenet5.stacked import StackedTraining
 
     store = fresh_store(tmp_path)
-    small = [*small_overrides(store, "states", subset=100), "data.test_subset=100", "data.batch_size=16", "trainer.max_epochs=2"]
+    small = [*small_overrides(store, "states", subset=100, test_subset=100, passes=2), "data.batch_size=16"]
     cfgs = [compose(*shared, *small, f"seed={seed}", f"optim.lr={lr}") for seed, lr in ((0, 0.001), (1, 0.002))]
     assert [str(c.optim.name.name) for c in cfgs] == [shared_optimizer] * 2  # the case tests the optimizer it names
 

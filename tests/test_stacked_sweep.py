@@ -25,7 +25,7 @@ def test_a_stacked_sweep_records_every_job_as_a_child_and_a_rerun_skips_them(tmp
     # seed 2 alone (the ordinary single-run path).
     command = [
         "-m", "hydra/launcher=stacked", "hydra.launcher.models_per_process=2", "model.pool=subsample,max", "seed=0,1,2",
-        *small_overrides(store, "stacked", subset=200), "data.test_subset=200",
+        *small_overrides(store, "stacked", subset=200, test_subset=200),
     ]  # fmt: skip
     first = run_cli(*command, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -49,8 +49,7 @@ def study_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def run_overrides(store: str) -> list[str]:
-    # small_overrides sets trainer.max_epochs, which a study owns (study.*.passes): left out.
-    return [o for o in small_overrides(store, EXPERIMENT, subset=300) if not o.startswith("trainer.max_epochs")] + ["data.test_subset=300"]
+    return small_overrides(store, EXPERIMENT, subset=300, test_subset=300, passes=None)  # a study sets each stage's passes
 
 
 def all_runs(store: str):

@@ -22,7 +22,7 @@ SWEEP = ["-m", "model.pool=subsample,max", "model.c3=table,full", "seed=0,1"]
 
 
 def sweep_overrides(store: str, experiment: str = "sweep") -> list[str]:
-    return [*small_overrides(store, experiment=experiment, subset=300), "data.test_subset=300"]
+    return small_overrides(store, experiment=experiment, subset=300, test_subset=300)
 
 
 def runs_of(store: str, experiment: str = "sweep"):

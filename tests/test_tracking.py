@@ -28,7 +28,7 @@ FACTORS = ("pool", "activation", "activation_at", "c3", "head", "init", "loss", 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     store = fresh_store(tmp_path_factory.mktemp('store'))
-    overrides = [*small_overrides(store, experiment="tracking", subset=TRAIN, test_subset=TEST), "trainer.max_epochs=2", f"data.val_size={VAL}"]
+    overrides = [*small_overrides(store, experiment="tracking", subset=TRAIN, test_subset=TEST, passes=2), f"data.val_size={VAL}"]
     cfg = compose("model.pool=max", "model.activation=relu", "seed=1", *overrides)
     result = train(cfg)
     client = mlflow.MlflowClient(store)
@@ -74,7 +74,7 @@ def test_metrics_per_epoch_with_epoch_as_step(tracked):
 
 def test_logged_lr_is_the_rate_each_epoch_trained_with(store):
     # The paper's per-pattern eta drops from 5e-4 to 2e-4 after pass 2.
-    result = train(compose("seed=0", *small_overrides(store, subset=64), "trainer.max_epochs=3"))
+    result = train(compose("seed=0", *small_overrides(store, subset=64, passes=3)))
     history = mlflow.MlflowClient(store).get_metric_history(result["run_id"], "lr")
     assert {m.step: m.value for m in history} == pytest.approx({1: 5e-4, 2: 5e-4, 3: 2e-4})
 
