@@ -131,3 +131,20 @@ def test_every_dataset_has_a_margin_and_a_report_states_the_one_it_used(tmp_path
     assert "$\\pm$0.2 pp" in (tmp_path / "variants.tex").read_text(encoding="utf-8")
     with pytest.raises(SystemExit):
         report_main(["--runs-csv", "x.csv", "--margin", "-1"])
+
+
+def test_a_subfamily_never_plans_more_seeds_than_the_whole_family():
+    """A study launch that sees only some pilots finished plans those over a smaller family
+    (lenet5.study plan_seeds): that is only safe if no member then needs more seeds than the
+    whole family would give it, so that its seeds are a prefix of the final plan's."""
+    rng = np.random.default_rng(0)
+
+    def planned(table):  # a decided comparison needs no more seeds (the study gives it min_seeds)
+        return table["seeds_needed"].fillna(0)
+
+    for trial in range(40):
+        family = {f"v{i}": rng.normal(rng.normal(0, 0.15), rng.uniform(0.02, 0.3), size=3) for i in range(9)}
+        whole = planned(verdicts(family, MARGIN))
+        kept = [label for label in family if rng.random() < 0.6] or ["v0"]
+        part = planned(verdicts({label: family[label] for label in kept}, MARGIN))
+        assert (part <= whole[kept]).all(), (trial, part.to_dict(), whole[kept].to_dict())

@@ -523,10 +523,12 @@ class Study:
         baseline (the study's first variant): a comparison the pilot decides gets
         study.final.min_seeds; an undecided one the seeds that its observed spread says would
         decide it (analysis.stats.verdicts), within [min_seeds, max_seeds]; the baseline the
-        most of these. Only the pilot seeds are read, so the plan is the same on every launch:
-        seeds are planned once, then all of them are analysed once (no adding seeds until p
-        drops). None (with an error recorded) while the baseline's or every variant's pilot is
-        incomplete. A DataFrame: variant, pilot n, diff, verdict, seeds needed, seeds (list)."""
+        most of these. Only the pilot seeds are read, so once every pilot has finished the plan is
+        the same on every launch: seeds are planned once, then all of them are analysed once (no
+        adding seeds until p drops). A launch that sees only some pilots finished plans those, over
+        a smaller family with less strict levels, so never more seeds than the full plan (a
+        prefix of its seeds). None (with an error recorded) while the baseline's or every
+        variant's pilot is incomplete. A DataFrame: variant, pilot n, diff, verdict, seeds needed, seeds (list)."""
         import pandas as pd
 
         from analysis.stats import verdicts
