@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lenet5.config import PROJECT_DIR, as_config
-from lenet5.data import MNISTDataModule
+from lenet5.data import MNIST_TRAIN_SIZE, MNISTDataModule
 from lenet5.provenance import mnist_inputs
 from lenet5.tracking import get_or_create_experiment
 from lenet5.jobs import train
@@ -131,7 +131,7 @@ def test_mnist_splits_are_logged_inputs(tracked):
     profiles = {context: json.loads(d.profile) for context, d in inputs.items()}
     # data.train_subset=TRAIN, data.val_size=VAL (the last VAL training images), data.test_subset=TEST
     assert profiles["training"]["num_images"] == TRAIN and profiles["training"]["rows"] == f"0:{TRAIN}"
-    assert profiles["validation"]["num_images"] == VAL and profiles["validation"]["rows"] == f"{60_000 - VAL}:60000"
+    assert profiles["validation"]["num_images"] == VAL and profiles["validation"]["rows"] == f"{MNIST_TRAIN_SIZE - VAL}:{MNIST_TRAIN_SIZE}"
     assert profiles["test"]["num_images"] == TEST and "t10k-images-idx3-ubyte" in profiles["test"]["files"]
     assert json.loads(inputs["test"].source)["uri"].endswith("MNIST/raw")
 

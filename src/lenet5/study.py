@@ -528,7 +528,8 @@ class Study:
         adding seeds until p drops). A launch that sees only some pilots finished plans those, over
         a smaller family with less strict levels, so never more seeds than the full plan (a
         prefix of its seeds). None (with an error recorded) while the baseline's or every
-        variant's pilot is incomplete. A DataFrame: variant, pilot n, diff, verdict, seeds needed, seeds (list)."""
+        variant's pilot is incomplete. A DataFrame: variant, pilot n, diff, verdict, seeds
+        needed, seeds (list)."""
         import pandas as pd
 
         from analysis.stats import verdicts
