@@ -355,6 +355,49 @@ def test_help_prints_the_studys_usage_and_no_arguments_starts_nothing(capsys):
     assert captured.out.startswith("usage:") and captured.err.startswith("error: no variants given")
 
 
+def test_planning_waits_for_a_pilot_another_launch_trains_and_not_for_a_dead_one(tmp_path, capsys):
+    """Seeds are planned from every variant's pilot: a launch that finds a pilot final RUNNING
+    under a live owner (another launch of the study) waits until it finishes; one whose owner
+    stopped beating is not waited for. No training: the other launch is played by a thread."""
+    import socket
+    import threading
+    import time
+
+    from lenet5.resume import HEARTBEAT_TAG, OWNER_TAG
+    from lenet5.study import Study, variants_of
+
+    store = fresh_store(tmp_path)
+    run_args = ["variant=none", *run_overrides(store), "tracking.heartbeat_s=0.2"]
+    study = Study(load_study_config([]), variants_of(run_args), run_args, [], "custom")
+    client = mlflow.MlflowClient(store)
+    owner = f"{socket.gethostname()}:{os.getpid()}:other-launch"
+
+    def pilot_run(seed: int, heartbeat: float):
+        (job,) = study.final_jobs(study.variants[0], {"selected_lr": 1e-3}, [seed]).values()
+        tags = {"config_hash": job.config_hash, OWNER_TAG: owner, HEARTBEAT_TAG: str(heartbeat)}
+        return job, client.create_run(study.experiment_id, tags=tags).info.run_id
+
+    job, run_id = pilot_run(0, time.time())
+
+    def other_launch() -> None:  # beats for 1.5 s, then finishes the run
+        for _ in range(15):
+            client.set_tag(run_id, HEARTBEAT_TAG, str(time.time()))
+            time.sleep(0.1)
+        client.log_metric(run_id, "test_error", 1.0)
+        client.set_terminated(run_id, "FINISHED")
+
+    thread = threading.Thread(target=other_launch)
+    thread.start()
+    study.wait_for_others({"paper": {0: job}})
+    thread.join()
+    assert job.status == "finished" and job.run.info.run_id == run_id
+    assert capsys.readouterr().out.count("waiting for the pilot finals of paper") == 1  # said once, not every poll
+
+    dead, _ = pilot_run(1, time.time() - 60)  # 60 s without a heartbeat: 300 intervals of 0.2 s
+    study.wait_for_others({"paper": {1: dead}})
+    assert dead.status == "missing" and "waiting" not in capsys.readouterr().out
+
+
 def test_grids_are_log_spaced_over_each_optimizers_range():
     cfg = load_study_config([])
     for optim in ("sdlm", "sgd", "adam"):

@@ -27,10 +27,12 @@ not be tuned or trained gives exit code 1 after the others are done.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -267,6 +269,13 @@ def runs_by_hash(client, experiment_id: str) -> dict[str, Any]:
     return found
 
 
+def final_seeds(pilot: list[int], n: int) -> list[int]:
+    """A variant's first `n` final seeds: the pilot's, then the lowest seeds not among them, so
+    that the seeds of a smaller plan are a prefix of a larger one's."""
+    others = (seed for seed in itertools.count() if seed not in pilot)
+    return list(pilot[:n]) + list(itertools.islice(others, max(0, n - len(pilot))))
+
+
 def study_id_of(cfg: Any, variants: list[Variant], run_args: list[str]) -> str:
     """Same variants, settings and run.py arguments (in any order) -> same id. What does not
     change what is trained is left out (launchers, `trainer.compile`, `trainer.progress_bar`,
@@ -300,6 +309,7 @@ class Study:
         self.cfg, self.variants, self.run_args, self.preset = cfg, variants, run_args, preset
         first = compose_config(variants[0].overrides)
         self.uri, self.experiment = str(first.tracking.uri), str(first.tracking.experiment)
+        self.heartbeat_s = float(first.tracking.heartbeat_s)
         self.dataset = select(first, "data.dataset")
         self.client = MlflowClient(self.uri)
         self.experiment_id = get_or_create_experiment(self.client, self.experiment, artifact_location(self.uri, first.tracking.artifact_root))
@@ -456,6 +466,7 @@ class Study:
         jobs = self.stage_jobs(final_overrides, variant, [lr], seeds)
         self.run_missing("final", index, variant, jobs)
         done = [job for job in jobs.values() if job.status == "finished"]
+        self.errors.pop(variant.label, None)  # a later call, over more seeds, says what is left
         if len(done) < len(jobs):
             self.errors[variant.label] = (
                 f"{len(jobs) - len(done)} final run(s) did not finish (FAILED, or being trained by another launch "
@@ -494,14 +505,7 @@ class Study:
             pilot = list(self.cfg.final.seeds)
             done = {v.label: self.final(i, v, chosen.loc[v.label], tuning_ids[v.label], pilot) for i, v in selected}
             if self.cfg.final.min_seeds is not None:
-                complete = {label: jobs for label, jobs in done.items() if len(jobs) == len(pilot)}
-                plan = self.plan_seeds(complete, self.cfg.final.min_seeds, self.cfg.final.max_seeds)
-                if plan is not None:
-                    print(plan.to_string(index=False), flush=True)
-                    seeds_of = dict(zip(plan["variant"], plan["seeds"]))
-                    for i, v in selected:
-                        if v.label in seeds_of:
-                            done[v.label] = self.final(i, v, chosen.loc[v.label], tuning_ids[v.label], seeds_of[v.label])
+                done = self.grow(selected, chosen, tuning_ids, done)
             finals = {job.run.info.run_id: label for label, jobs in done.items() for job in jobs}
             self.report(trials, selection, finals)
         finally:
@@ -512,6 +516,63 @@ class Study:
         return 1 if self.errors else 0
 
     # --- seeds on demand -------------------------------------------------------------
+
+    def grow(self, selected: list[tuple[int, Variant]], chosen: Any, tuning_ids: dict[str, str], pilots: dict[str, list[Job]]) -> dict[str, list[Job]]:
+        """The finals after the pilot (`pilots`: each variant's finished pilot finals). First
+        study.final.min_seeds seeds for every variant whose pilot has finished, which every plan
+        gives it; then, once every pilot has finished (waiting for those another launch of the
+        study trains), the seeds planned from all of them. Planning from only the pilots this
+        launch saw finished would plan a smaller family and leave the launch idle while the
+        others still train. Returns each variant's finished finals."""
+        pilot = list(self.cfg.final.seeds)
+
+        def train(index: int, variant: Variant, seeds: list[int]) -> list[Job]:
+            return self.final(index, variant, chosen.loc[variant.label], tuning_ids[variant.label], seeds)
+
+        done = dict(pilots)
+        for i, v in selected:
+            if len(pilots[v.label]) == len(pilot):
+                done[v.label] = train(i, v, final_seeds(pilot, self.cfg.final.min_seeds))
+        short = [(i, v) for i, v in selected if len(pilots[v.label]) < len(pilot)]
+        self.wait_for_others({v.label: self.final_jobs(v, chosen.loc[v.label], pilot) for _, v in short})
+        for i, v in short:  # finished by another launch, or trained now where one died
+            pilots[v.label] = done[v.label] = train(i, v, pilot)
+        complete = {label: jobs for label, jobs in pilots.items() if len(jobs) == len(pilot)}
+        plan = self.plan_seeds(complete, self.cfg.final.min_seeds, self.cfg.final.max_seeds)
+        if plan is not None:
+            print(plan.to_string(index=False), flush=True)
+            seeds_of = dict(zip(plan["variant"], plan["seeds"]))
+            for i, v in selected:
+                if v.label in seeds_of:
+                    done[v.label] = train(i, v, seeds_of[v.label])
+        return done
+
+    def wait_for_others(self, jobs_of: dict[str, dict[Any, Job]]) -> None:
+        """Return once no job in `jobs_of` (variant label: its jobs) is being trained by a live
+        process, as its run's owner and heartbeat tags tell (resume.owner_alive), reading the
+        store again every tracking.heartbeat_s."""
+        from .resume import owner_alive, unfinished_runs
+
+        def in_flight(jobs: dict[Any, Job]) -> bool:
+            return any(
+                run.info.status == "RUNNING" and owner_alive(run, self.heartbeat_s)
+                for job in jobs.values() if job.status == "missing"
+                for run in unfinished_runs(self.client, self.experiment_id, job.config_hash)
+            )  # fmt: skip
+
+        shown: list[str] = []
+        while True:
+            self._known = None
+            for jobs in jobs_of.values():
+                self.lookup(jobs)
+            busy = [label for label, jobs in jobs_of.items() if in_flight(jobs)]
+            if not busy:
+                return
+            if busy != shown:
+                print(f"study {self.study_id}: waiting for the pilot finals of {', '.join(busy)}, which another launch "
+                      "trains: the seeds are planned from every pilot", flush=True)  # fmt: skip
+                shown = busy
+            time.sleep(self.heartbeat_s)
 
     def margin(self) -> float:
         from analysis.stats import MARGINS
@@ -525,9 +586,10 @@ class Study:
         decide it (analysis.stats.verdicts), within [min_seeds, max_seeds]; the baseline the
         most of these. Only the pilot seeds are read, so once every pilot has finished the plan is
         the same on every launch: seeds are planned once, then all of them are analysed once (no
-        adding seeds until p drops). A launch that sees only some pilots finished plans those, over
-        a smaller family with less strict levels, so never more seeds than the full plan (a
-        prefix of its seeds). None (with an error recorded) while the baseline's or every
+        adding seeds until p drops). `grow` waits for every pilot another launch trains; given
+        fewer (a pilot diverged, or study.plan=true before all finished) it plans those, over a
+        smaller family with less strict levels, so never more seeds than the full plan (a prefix
+        of its seeds). None (with an error recorded) while the baseline's or every
         variant's pilot is incomplete. A DataFrame: variant, pilot n, diff, verdict, seeds
         needed, seeds (list)."""
         import pandas as pd
@@ -555,8 +617,6 @@ class Study:
             counts[label] = min_seeds if math.isnan(needed) else int(min(max(needed, min_seeds), max_seeds))
         counts = {baseline: max(counts.values()), **counts}
         pilot_seeds = list(self.cfg.final.seeds)
-        extra = (seed for seed in range(10**6) if seed not in pilot_seeds)
-        more = [next(extra) for _ in range(max(counts.values()) - len(pilot_seeds))]
         rows = []
         for label, n in counts.items():
             decided = table.loc[label] if label in table.index else None
@@ -566,7 +626,7 @@ class Study:
                 "verdict": "" if decided is None else decided["verdict"],
                 "seeds needed": "" if decided is None or math.isnan(decided["seeds_needed"]) else (
                     "no n" if math.isinf(decided["seeds_needed"]) else str(int(decided["seeds_needed"]))),
-                "seeds": pilot_seeds + more[: n - len(pilot_seeds)],
+                "seeds": final_seeds(pilot_seeds, n),
             })  # fmt: skip
         return pd.DataFrame(rows)
 
