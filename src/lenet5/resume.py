@@ -149,10 +149,21 @@ def owner_alive(run, heartbeat_s: float, now: float | None = None) -> bool:
     return beat is not None and (now or time.time()) - float(beat) < STALE_HEARTBEATS * heartbeat_s
 
 
+def is_live(run, heartbeat_s: float) -> bool:
+    """Whether `run` is RUNNING under an owner that still trains it (owner_alive)."""
+    return run.info.status == "RUNNING" and owner_alive(run, heartbeat_s)
+
+
 def unfinished_runs(client: MlflowClient, experiment_id: str, job_hash: str) -> list:
     """Runs of this job that never ended (RUNNING) or were interrupted (KILLED), newest first."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.config_hash = '{job_hash}'", order_by=["attributes.start_time DESC"])
     return [run for run in runs if run.info.status in ("RUNNING", "KILLED")]
+
+
+def being_trained(client: MlflowClient, experiment_id: str, job_hash: str, heartbeat_s: float) -> bool:
+    """Whether a live process, this launch or another, trains the job now, judged from the
+    store alone (as a launch that has not claimed the job sees it)."""
+    return any(is_live(run, heartbeat_s) for run in unfinished_runs(client, experiment_id, job_hash))
 
 
 def has_checkpoint(run) -> bool:
@@ -168,7 +179,7 @@ def claim_run(client: MlflowClient, claim: JobClaim, experiment_id: str, job_has
     """
     resumable = None
     for run in unfinished_runs(client, experiment_id, job_hash):
-        alive = run.info.status == "RUNNING" and claim.lock_file is None and owner_alive(run, claim.heartbeat_s)
+        alive = claim.lock_file is None and is_live(run, claim.heartbeat_s)
         if alive:
             raise JobBusy(
                 f"this job (config {job_hash}) is being trained in run {run.info.run_id} by "

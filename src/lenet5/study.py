@@ -524,7 +524,7 @@ class Study:
         study trains), the seeds planned from all of them. Planning from only the pilots this
         launch saw finished would plan a smaller family and leave the launch idle while the
         others still train. Returns each variant's finished finals."""
-        pilot = list(self.cfg.final.seeds)
+        pilot, pilots = list(self.cfg.final.seeds), dict(pilots)
 
         def train(index: int, variant: Variant, seeds: list[int]) -> list[Job]:
             return self.final(index, variant, chosen.loc[variant.label], tuning_ids[variant.label], seeds)
@@ -549,15 +549,13 @@ class Study:
 
     def wait_for_others(self, jobs_of: dict[str, dict[Any, Job]]) -> None:
         """Return once no job in `jobs_of` (variant label: its jobs) is being trained by a live
-        process, as its run's owner and heartbeat tags tell (resume.owner_alive), reading the
-        store again every tracking.heartbeat_s."""
-        from .resume import owner_alive, unfinished_runs
+        process (resume.being_trained), reading the store again every tracking.heartbeat_s."""
+        from .resume import being_trained
 
         def in_flight(jobs: dict[Any, Job]) -> bool:
             return any(
-                run.info.status == "RUNNING" and owner_alive(run, self.heartbeat_s)
+                being_trained(self.client, self.experiment_id, job.config_hash, self.heartbeat_s)
                 for job in jobs.values() if job.status == "missing"
-                for run in unfinished_runs(self.client, self.experiment_id, job.config_hash)
             )  # fmt: skip
 
         shown: list[str] = []
