@@ -4,6 +4,7 @@ hand), and the margin the reports use and state. No training: fast."""
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from statsmodels.stats.power import TTestPower
 
 from analysis.report import main as report_main
 from analysis.runs import read_runs_csv
-from analysis.stats import MARGINS, default_margin, seeds_needed, verdict_summary, verdicts
+from analysis.stats import MARGINS, default_margin, holm, seeds_needed, verdict_summary, verdicts
 from lenet5.config import PROJECT_DIR, Dataset
 
 MARGIN = 0.1  # points of test error, MNIST's default
@@ -102,6 +103,23 @@ def test_holm_adjusts_the_t_tests_over_the_family():
     assert family.loc["x", "p"] == pytest.approx(p)  # the raw p is its own
     assert family.loc["x", "p_holm"] == pytest.approx(10 * p)  # the smallest of ten: times 10
     assert family.loc["x", "verdict"] == "undecided" and family.loc["x", "seeds_needed"] > 5
+
+
+def test_holm_leaves_the_garbage_collector_as_it_found_it():
+    """`holm` freezes the existing objects around statsmodels' full `gc.collect()`: it must
+    unfreeze them after, and leave a freeze someone else holds in place."""
+    p = [0.01, 0.04, 0.03]
+    expected = [0.03, 0.06, 0.06]  # Holm by hand, sorted 0.01, 0.03, 0.04: 3 x, 2 x, max(1 x, the one before)
+    assert gc.get_freeze_count() == 0
+    assert holm(p) == pytest.approx(expected)
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert holm(p) == pytest.approx(expected)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_holm_adjusts_the_tosts_over_the_family_separately():
