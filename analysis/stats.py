@@ -76,7 +76,7 @@ def holm(p_values: typing.Sequence[float]) -> np.ndarray:
 @contextlib.contextmanager
 def _collecting_only_new_objects() -> typing.Iterator[None]:
     """statsmodels' Holm branch ends with `gc.collect()` (statsmodels PR 8671 would remove it): a
-    full collection, about 0.5 s in a process holding torch, Lightning and MLflow, paid twice per
+    full collection, about 0.25 s in a process holding torch, Lightning and MLflow, paid twice per
     `verdicts`. Freezing the objects that exist first makes it scan only the new ones (0.03 s a
     `verdicts` there); they are unfrozen after. A freeze someone else holds is left alone."""
     if gc.get_freeze_count():
