@@ -710,9 +710,11 @@ The study's settings (study.<key>=value) with their defaults, from {study_file}:
 
 def usage() -> str:
     presets = []
-    for path in sorted((CONF_DIR / "sweep").glob("*.yaml")):
+    paths = sorted((CONF_DIR / "sweep").glob("*.yaml"))
+    width = max(len(path.stem) for path in paths)
+    for path in paths:
         comment = next((line.lstrip("# ").strip() for line in path.read_text().splitlines()[1:] if line.startswith("#")), "")
-        presets.append(f"  sweep={path.stem:<10} {comment}")
+        presets.append(f"  sweep={path.stem:<{width}} {comment}")
     return USAGE.format(presets="\n".join(presets), study_file=STUDY_FILE.relative_to(PROJECT_DIR), settings=STUDY_FILE.read_text().rstrip())
 
 
