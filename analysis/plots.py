@@ -32,7 +32,7 @@ def _width_for(labels: list[str]) -> float:
 def _interval_bars(ax, centres: pd.Series, low: pd.Series, high: pd.Series, colours: list[str]) -> None:
     """Horizontal points at `centres` with bars from `low` to `high`; rows with a NaN bound get a point only."""
     positions = np.arange(len(centres))
-    has_interval = (low.notna() & high.notna()).to_numpy()
+    has_interval = (np.isfinite(low) & np.isfinite(high)).to_numpy()  # an unbounded interval (too few seeds): the point alone
     for y, centre, lo, hi, colour, bar in zip(positions, centres, low, high, colours, has_interval):
         xerr = [[centre - lo], [hi - centre]] if bar else None
         ax.errorbar(centre, y, xerr=xerr, fmt="o", color=colour, capsize=4)
@@ -58,8 +58,8 @@ def variants_figure(table: pd.DataFrame) -> Figure:
 
 
 def factors_figure(table: pd.DataFrame) -> Figure:
-    """Effect of each factor change on test error (percentage points) with its 95% interval
-    (`factor_table`'s frame); flagged (confounded) rows in orange. Left of 0: the change helps."""
+    """Effect of each factor change on test error (percentage points, Hodges-Lehmann) with its
+    95% interval (`factor_table`'s frame; an unbounded one not drawn); flagged (confounded) rows in orange. Left of 0: the change helps."""
     labels = [f"{factor}: {change}{' (flagged)' if flag else ''}" for factor, change, flag in table[["factor", "change", "flag"]].itertuples(index=False)]
     figure = Figure(figsize=(_width_for(labels), _row_height(len(table))), layout="constrained")
     ax = figure.subplots()
@@ -71,7 +71,7 @@ def factors_figure(table: pd.DataFrame) -> Figure:
         colours = [FLAGGED_COLOUR if flag else BASELINE_COLOUR for flag in table["flag"]]
         _interval_bars(ax, table["effect"], table["ci_low"], table["ci_high"], colours)
         ax.set_yticklabels(labels)
-    ax.set_xlabel("change in test error (percentage points)\nmean over paired seeds with 95% CI")
+    ax.set_xlabel("change in test error (percentage points)\nHodges-Lehmann estimate over paired seeds with 95% CI")
     ax.grid(axis="x", alpha=0.3)
     return figure
 

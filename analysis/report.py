@@ -34,7 +34,11 @@ LATEX_SYMBOLS = str.maketrans({"±": r"$\pm$", "→": r"$\rightarrow$", "Δ": r"
 LATEX_SPECIALS = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"})
 CI_HEADER = f"{CONFIDENCE:.0%} CI"
 #: Text columns holding numbers, right-aligned in Markdown.
-NUMERIC_TEXT = {"test error % (mean ± std)", CI_HEADER, "Δ vs baseline (pp)", "p (Holm)", "p TOST (Holm)", "seeds needed", "effect (pp)"}
+DELTA_HEADER, DELTA_CI_HEADER = "Δ vs baseline (pp, HL)", f"Δ {CI_HEADER}"
+NUMERIC_TEXT = {
+    "test error % (mean ± std)", CI_HEADER, DELTA_HEADER, DELTA_CI_HEADER, "p (Holm)", "p TOST (Holm)", "seeds needed",
+    "effect (pp, HL)", "stalls", "stall p (Holm)",
+}  # fmt: skip
 HTML_TABLE_CSS = [
     {"selector": "", "props": "border-collapse: collapse; font-family: sans-serif; font-size: 0.9em;"},
     {"selector": "th, td", "props": "padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right;"},
@@ -44,7 +48,9 @@ HTML_TABLE_CSS = [
 
 
 def _number(value: float, signed: bool = False) -> str:
-    """Two decimals (percent or percentage points), blank for NaN."""
+    """Two decimals (percent or percentage points), blank for NaN, ∞ for an unbounded interval's end."""
+    if math.isinf(value):
+        return "+∞" if value > 0 else "-∞"
     return "" if math.isnan(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
@@ -62,7 +68,9 @@ def _seeds(needed: float) -> str:
 
 
 def _verdict_columns(table: pd.DataFrame) -> dict[str, list[str]]:
-    """The verdict columns of a variant or factor table as text."""
+    """The verdict columns of a variant or factor table as text: the signed-rank rule's p-values,
+    verdict and plan (`analysis.stats.RULE`), then the paired t-test's verdict, the rule the
+    studies published before it declared (docs/studies.md#verdicts)."""
     return {
         "p (Holm)": [_p_value(p) for p in table["p_holm"]],
         "p TOST (Holm)": [_p_value(p) for p in table["p_tost_holm"]],
@@ -71,14 +79,26 @@ def _verdict_columns(table: pd.DataFrame) -> dict[str, list[str]]:
     }
 
 
+def _t_verdicts(table: pd.DataFrame) -> dict[str, list[str]]:
+    return {"t-test verdict": list(table["verdict_t"])}
+
+
 def variants_display(table: pd.DataFrame) -> pd.DataFrame:
     """`variant_table` as text for a paper: errors in % with 2 decimals, p-values with 3
-    significant digits, the best variant marked ★, the baseline's Δ cell saying so, each
-    variant's verdict against the baseline and, undecided, the seeds that would decide it."""
+    significant digits, the best variant marked ★, the baseline's Δ cell saying so (Δ: the
+    Hodges-Lehmann estimate of the paired differences, with its interval), each variant's
+    verdict against the baseline and, undecided, the seeds that would decide it; its stalls
+    (stalled seeds / seeds) with Fisher's test against the baseline's where either stalled; the
+    paired t-test's verdict."""
     has_baseline = table["baseline"].any()
     delta = [
-        "baseline" if is_baseline else _number(diff, signed=True) if has_baseline else ""
-        for diff, is_baseline in zip(table["diff"], table["baseline"])
+        "baseline" if is_baseline else _number(effect, signed=True) if has_baseline else ""
+        for effect, is_baseline in zip(table["effect"], table["baseline"])
+    ]
+    base_stalls = int(table.loc[table["baseline"], "stalls"].iloc[0]) if has_baseline else 0
+    stall_p = [
+        "" if is_baseline or not (stalls or base_stalls) else _p_value(p)
+        for p, stalls, is_baseline in zip(table["stall_p_holm"], table["stalls"], table["baseline"])
     ]
     return pd.DataFrame(
         {
@@ -88,24 +108,29 @@ def variants_display(table: pd.DataFrame) -> pd.DataFrame:
                 _number(mean) if math.isnan(std) else f"{mean:.2f} ± {std:.2f}" for mean, std in zip(table["mean"], table["std"])
             ],
             CI_HEADER: [_interval(low, high) for low, high in zip(table["ci_low"], table["ci_high"])],
-            "Δ vs baseline (pp)": delta,
+            DELTA_HEADER: delta,
+            DELTA_CI_HEADER: [_interval(low, high, signed=True) for low, high in zip(table["effect_low"], table["effect_high"])],
             **_verdict_columns(table),
+            "stalls": [f"{stalls}/{n}" for stalls, n in zip(table["stalls"], table["n"])],
+            "stall p (Holm)": stall_p,
+            **_t_verdicts(table),
         }
     )
 
 
 def factors_display(table: pd.DataFrame) -> pd.DataFrame:
-    """`factor_table` as text: effects and intervals in signed percentage points, 2 decimals,
-    and each change's verdict."""
+    """`factor_table` as text: effects (Hodges-Lehmann) and intervals in signed percentage
+    points, 2 decimals, and each change's verdict, the paired t-test's beside it."""
     return pd.DataFrame(
         {
             "factor": table["factor"],
             "change": table["change"],
-            "effect (pp)": [_number(effect, signed=True) for effect in table["effect"]],
+            "effect (pp, HL)": [_number(effect, signed=True) for effect in table["effect"]],
             CI_HEADER: [_interval(low, high, signed=True) for low, high in zip(table["ci_low"], table["ci_high"])],
             "variant pairs": table["n_pairs"],
             "paired seeds": table["n"],
             **_verdict_columns(table),
+            **_t_verdicts(table),
             "flag": table["flag"],
         }
     )

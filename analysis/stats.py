@@ -21,9 +21,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
-from statsmodels.stats.weightstats import DescrStatsW
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from lenet5.config import ABLATION_FACTORS, Config, Dataset
 
@@ -48,17 +45,40 @@ POWER = 0.8
 #: ask for more seeds than the noise can pay for, a larger one would call 0.5-point effects
 #: "equivalent" on a dataset where the optimizer alone moves the error by a point.
 MARGINS: dict[str, float] = {Dataset.mnist.value: 0.1, Dataset.fashion_mnist.value: 0.4}
-#: More seeds than this is no plan: `seeds_needed` says no n decides the comparison (inf).
-SEEDS_CAP = 1000
+#: More seeds than this is no plan: `seeds_needed` says no n within it decides the comparison
+#: (inf). 200 MNIST finals of 20 passes are about 37 core-hours for one comparison.
+SEEDS_CAP = 200
 #: Verdict of a comparison (`verdicts`); the baseline's own row has none ("").
 WORSE, BETTER, EQUIVALENT, UNDECIDED = "worse", "better", "equivalent", "undecided"
-VERDICT_COLUMNS = ["n", "diff", "sd", "p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed"]
-_VERDICT_FIELDS = ["p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed"]
+#: The rule of every verdict (docs/studies.md#verdicts): Wilcoxon signed-rank tests on the paired
+#: differences, the Hodges-Lehmann estimate as the effect. The paired t-test was the rule declared
+#: for the studies published before it (mnist-ofat, mnist-path, fashion-ofat); its verdict stays
+#: beside the new one in every table (`verdict_t`), so those studies' declared answer is not lost.
+RULE = "signed-rank"
+#: A final whose test error is this close to chance (90 % on ten classes) or closer has stalled:
+#: it learned nothing, whatever its rate (docs/studies.md#stalls).
+CHANCE_ERROR = 90.0
+STALL_ERROR = CHANCE_ERROR - 10.0
+#: Resolution of the paired differences, points of test error: test errors are counts over at most
+#: 10,000 images (0.01 points), so differences are rounded to 1e-6 before ranking, lest float
+#: round-off (1.03 - 0.98 = 0.05000000000000004) break ties that are real (scipy's advice).
+DIFFERENCE_DECIMALS = 6
+#: Simulated studies behind each plan (`seeds_needed`), and their seed: the plan is a pure
+#: function of the observed differences, so a report rebuilds byte for byte.
+PLAN_STUDIES, PLAN_SEED = 300, 0
+VERDICT_COLUMNS = [
+    "n", "diff", "ci_low", "ci_high", "mean_diff", "sd", "p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed",
+    "p_t_holm", "p_t_tost_holm", "verdict_t",
+]  # fmt: skip
+_VERDICT_FIELDS = ["p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed", "p_t_holm", "p_t_tost_holm", "verdict_t"]
 
 VARIANT_COLUMNS = [
-    "variant", "n", "mean", "std", "ci_low", "ci_high", "diff", "n_paired", *_VERDICT_FIELDS, "best", "baseline", "margin",
-]
-FACTOR_COLUMNS = ["factor", "change", "effect", "ci_low", "ci_high", "n_pairs", "n", *_VERDICT_FIELDS, "flag", "margin"]
+    "variant", "n", "mean", "std", "ci_low", "ci_high", "diff", "n_paired", "effect", "effect_low", "effect_high",
+    *_VERDICT_FIELDS, "stalls", "stall_p", "stall_p_holm", "best", "baseline", "margin",
+]  # fmt: skip
+FACTOR_COLUMNS = [
+    "factor", "change", "effect", "ci_low", "ci_high", "mean_effect", "n_pairs", "n", *_VERDICT_FIELDS, "flag", "margin",
+]  # fmt: skip
 
 
 def holm(p_values: typing.Sequence[float]) -> np.ndarray:
@@ -99,78 +119,125 @@ def default_margin(runs: pd.DataFrame) -> float:
     return min(MARGINS[d] for d in datasets) if datasets else MARGINS[Dataset.mnist.value]
 
 
-def _paired_p_values(differences: np.ndarray, margin: float) -> tuple[float, float]:
-    """(two-sided t-test of mean 0, TOST of |mean| < margin) on n >= 2 paired differences."""
-    statistics = DescrStatsW(differences)
-    if statistics.std == 0:  # no spread: the t statistics are infinite or 0/0
-        mean = statistics.mean
-        return (1.0 if mean == 0 else 0.0), (0.0 if abs(mean) < margin else 1.0)
-    return float(statistics.ttest_mean(0.0)[1]), float(statistics.ttost_mean(-margin, margin)[0])
+def _signed_rank_method(n: int) -> str:
+    """scipy's exact null distribution up to 50 differences (its own limit for "auto"), the normal
+    approximation beyond. Ties are ranked by their midranks under the exact distribution (scipy
+    honours an explicit "exact"); its permutation method, exact with ties, takes 70 s at n = 16."""
+    return "exact" if n <= 50 else "asymptotic"
 
 
-def _n_for_power(effect: float, alpha: float, power: float, alternative: str, at_least: int) -> float:
-    """Smallest whole n >= `at_least` at which a one-sample t-test (`TTestPower`) of `effect`
-    reaches `power` at level `alpha`: `TTestPower.solve_power`'s n rounded up; inf beyond
-    `SEEDS_CAP`. statsmodels' root finder now and then fails or stops off the root (large
-    effects, small n), so its answer is checked, and searched for with `TTestPower.power` when wrong."""
-    analysis = TTestPower()
+def signed_rank_p_values(differences: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """(two-sided Wilcoxon signed-rank p of "centred on 0", signed-rank TOST p of "centred within
+    ±margin") along the last axis of `differences` (points of test error, no NaN, at least 2 a
+    row), each row one comparison: scipy.stats.wilcoxon, zeros discarded (its default). The TOST
+    is the larger p of the one-sided tests of d - margin (alternative: below 0) and d + margin
+    (above 0), as TOSTER's wilcox_TOST."""
+    d = np.round(np.asarray(differences, dtype=float), DIFFERENCE_DECIMALS)
+    method = _signed_rank_method(d.shape[-1])
+    p = stats.wilcoxon(d, axis=-1, method=method).pvalue
+    # "d + margin above 0" is "-(d + margin) below 0": both one-sided tests in one call.
+    shifted = np.round(np.stack([d - margin, -(d + margin)]), DIFFERENCE_DECIMALS)
+    below, above = stats.wilcoxon(shifted, axis=-1, alternative="less", method=method).pvalue
+    return np.asarray(p, dtype=float), np.maximum(below, above)
 
-    def enough(n: float) -> bool:
-        achieved = analysis.power(effect_size=effect, nobs=n, alpha=alpha, alternative=alternative)
-        if np.isnan(achieved) and alternative == "two-sided":
-            # scipy's noncentral t gives NaN for the far tail opposite a large effect, a term
-            # of about 0: the near tail alone (the one-sided power at alpha / 2) is the power.
-            achieved = analysis.power(effect_size=effect, nobs=n, alpha=alpha / 2, alternative="larger")
-        return achieved >= power
 
-    if math.isinf(effect) or enough(at_least):
-        return float(at_least)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        solved = analysis.solve_power(effect_size=effect, nobs=None, alpha=alpha, power=power, alternative=alternative)
-    if np.isfinite(solved) and solved > at_least:
-        n = math.ceil(solved)
-        if n > SEEDS_CAP or (enough(n) and not enough(n - 1)):
-            return float(n)
-    # Not enough at `low`: double `high` until enough (power < 0.8 at low keeps the
-    # noncentrality far below where scipy's tails turn NaN), then halve the gap.
-    low, high = at_least, 2 * at_least
-    while not enough(high):
-        if high > SEEDS_CAP:
-            return math.inf
-        low, high = high, 2 * high
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if enough(middle) else (middle, high)
-    return float(high)
+def t_p_values(differences: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """(paired t-test p, t TOST p) along the last axis, the rule the first published studies
+    declared: scipy's one-sample t-tests of the differences against 0, and against -margin
+    (greater) and +margin (less). Rows without spread get p 1 or 0 (their t is 0/0 or infinite)."""
+    d = np.asarray(differences, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = stats.ttest_1samp(d, 0.0, axis=-1).pvalue
+        p_tost = np.maximum(
+            stats.ttest_1samp(d, -margin, axis=-1, alternative="greater").pvalue,
+            stats.ttest_1samp(d, margin, axis=-1, alternative="less").pvalue,
+        )
+    mean, flat = d.mean(axis=-1), d.std(axis=-1) == 0
+    p = np.where(flat, np.where(mean == 0, 1.0, 0.0), p)
+    p_tost = np.where(flat, np.where(np.abs(mean) < margin, 0.0, 1.0), p_tost)
+    return np.asarray(p, dtype=float), np.asarray(p_tost, dtype=float)
+
+
+def hodges_lehmann(differences: typing.Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+    """(estimate, low, high): the Hodges-Lehmann estimate of the centre of the paired differences
+    (the median of the n(n+1)/2 Walsh averages (d_i + d_j) / 2, i <= j; points of test error) and
+    its 95% interval, the shifts θ that the two-sided signed-rank test of d - θ does not reject at
+    5 % (unadjusted), found by testing between each pair of neighbouring Walsh averages, where
+    the test's verdict can change. An end no shift rejects is infinite (2 seeds can reject none,
+    5 at most the far ones). (NaN, NaN, NaN) without differences."""
+    d = np.round(np.asarray(differences, dtype=float), DIFFERENCE_DECIMALS)
+    if len(d) == 0:
+        return math.nan, math.nan, math.nan
+    i, j = np.triu_indices(len(d))
+    walsh = np.unique(np.round((d[i] + d[j]) / 2, DIFFERENCE_DECIMALS + 1))
+    estimate = float(np.median((d[i] + d[j]) / 2))
+    if len(d) < 2 or len(walsh) < 2:
+        return estimate, (-math.inf if len(d) < 2 else estimate), (math.inf if len(d) < 2 else estimate)
+    shifts = np.concatenate(([walsh[0] - 1], (walsh[:-1] + walsh[1:]) / 2, [walsh[-1] + 1]))
+    p = stats.wilcoxon(d[None, :] - shifts[:, None], axis=-1, method=_signed_rank_method(len(d))).pvalue
+    kept = np.flatnonzero(p >= 1 - CONFIDENCE)
+    low = -math.inf if kept[0] == 0 else float(walsh[kept[0] - 1])
+    high = math.inf if kept[-1] == len(walsh) else float(walsh[kept[-1]])
+    return estimate, low, high
+
+
+def _plan_draws(differences: np.ndarray) -> np.ndarray:
+    """PLAN_STUDIES simulated studies of SEEDS_CAP seeds each (rows), drawn from the observed
+    differences by a smoothed bootstrap: each seed a resampled difference plus normal noise of
+    Silverman's bandwidth, 0.9 n^(-1/5) times a robust spread (1.4826 x the median absolute
+    deviation; the sample sd when that is 0), so that a stall among the observed seeds comes
+    back at its observed rate and size without widening every other seed. Rows are nested: a
+    study of n seeds is the first n columns, as adding seeds to a study adds columns."""
+    rng = np.random.default_rng(PLAN_SEED)
+    spread = 1.4826 * float(np.median(np.abs(differences - np.median(differences))))
+    if spread == 0:
+        spread = float(np.std(differences, ddof=1))
+    bandwidth = 0.9 * spread * len(differences) ** -0.2
+    picks = rng.integers(0, len(differences), size=(PLAN_STUDIES, SEEDS_CAP))
+    return differences[picks] + rng.normal(0.0, 1.0, size=picks.shape) * bandwidth
+
+
+def _plan_sizes(start: int) -> list[int]:
+    """The study sizes a plan tries, from `start`: every n to 40, then every 5th to 100, every 10th to SEEDS_CAP."""
+    sizes = [*range(start, 41), *range(45, 101, 5), *range(110, SEEDS_CAP + 1, 10)]
+    return [n for n in sizes if n >= start]
 
 
 def seeds_needed(
-    diff: float, sd: float, margin: float, n: int, alpha: float = ALPHA, power: float = POWER, family: int = 1
+    differences: typing.Sequence[float] | np.ndarray, margin: float, alpha: float = ALPHA, power: float = POWER, family: int = 1
 ) -> float:
-    """Seeds (paired differences) that would decide one comparison, planned from what `n` seeds
-    showed: mean paired difference `diff` and its sample standard deviation `sd` (points of
-    test error, like `margin`), at level alpha / family (Bonferroni over the `family` of
-    comparisons: a conservative plan for the Holm-adjusted tests) with power `power`.
-
-    Two plans: show the difference (effect |diff| / sd, two-sided test), or show equivalence
-    within ±margin (effect (margin - |diff|) / sd, one-sided: the usual approximation of TOST's
-    power by its test against the nearer margin; impossible when |diff| >= margin). The answer
-    is the smaller achievable n, rounded up and at least n + 1; inf when neither is achievable
-    within `SEEDS_CAP` seeds (the observed difference sits at the margin, or there is none to
-    show and no room under the margin); NaN without a spread to plan from (n < 2 or sd NaN).
-    """
-    if n < 2 or not sd >= 0 or math.isnan(diff):
+    """Seeds (paired differences) that would decide one comparison under `RULE`, planned from the
+    n observed `differences` (points of test error, like `margin`): the smallest n > observed
+    (tried as `_plan_sizes` lists) at which at least `power` of PLAN_STUDIES simulated studies of
+    n seeds (`_plan_draws`) reach a decision at level alpha / family (Bonferroni over the `family`
+    of comparisons: a conservative plan for the Holm-adjusted tests): a difference shown
+    (two-sided signed-rank p) or equivalence within ±margin shown (signed-rank TOST p). inf when
+    no n up to SEEDS_CAP does (the difference sits near the margin, or the seeds spread too much);
+    NaN with fewer than 2 differences to plan from. An exact rank test needs n seeds all pointing
+    one way to reach p = 2^(1-n), so no spread, however small, decides with fewer than
+    log2(2 family / alpha) seeds; the plan knows it because it runs the test itself."""
+    d = np.asarray(differences, dtype=float)
+    d = d[~np.isnan(d)]
+    if len(d) < 2:
         return math.nan
-    level = alpha / max(family, 1)
-    with np.errstate(divide="ignore"):
-        plans = []
-        if diff != 0:
-            plans.append(_n_for_power(abs(diff) / np.float64(sd), level, power, "two-sided", n + 1))
-        if abs(diff) < margin:
-            plans.append(_n_for_power((margin - abs(diff)) / np.float64(sd), level, power, "larger", n + 1))
-    needed = min(plans, default=math.inf)
-    return math.inf if needed > SEEDS_CAP else needed
+    draws, level = _plan_draws(d), alpha / max(family, 1)
+
+    def enough(n: int) -> bool:
+        p, p_tost = signed_rank_p_values(draws[:, :n], margin)
+        return bool(np.mean((p < level) | (p_tost < level)) >= power)
+
+    # Probe every 1st, 2nd, 4th, 8th... size, then walk the last bracket one size at a time: the
+    # probes do not depend on the level, so a larger level (a smaller family), whose simulated
+    # power is at least as high at every n, never plans more seeds.
+    sizes, low, probe = _plan_sizes(len(d) + 1), -1, 0
+    while probe < len(sizes) and not enough(sizes[probe]):
+        low, probe = probe, 2 * probe + 1
+    if probe >= len(sizes):
+        probe = len(sizes) - 1
+        if not enough(sizes[probe]):
+            return math.inf
+    return float(next(sizes[i] for i in range(low + 1, probe + 1) if i == probe or enough(sizes[i])))
 
 
 def verdicts(
@@ -179,57 +246,88 @@ def verdicts(
     alpha: float = ALPHA,
     power: float = POWER,
 ) -> pd.DataFrame:
-    """The verdict of each comparison against its reference, from its paired differences.
+    """The verdict of each comparison against its reference, from its paired differences, under
+    `RULE` (docs/studies.md#verdicts), with the paired t-test's verdict beside it.
 
     `differences`: {comparison label: its per-seed paired differences, variant - reference, in
     percentage points of test error (positive: the variant errs more); 1-D, NaN dropped}.
     `margin`: the equivalence margin δ, in points of test error. The comparisons are one
-    family: Holm adjusts the t-tests' p-values over the family, and separately the TOSTs'.
+    family: Holm adjusts the two-sided tests' p-values over the family, and separately the TOSTs'.
 
     Returns one row per comparison (index: its label, in the given order), columns:
-    n (differences), diff (their mean, points), sd (their sample standard deviation, points),
-    p (two-sided one-sample t-test of mean 0, i.e. the paired t-test), p_holm, p_tost (two
-    one-sided tests of -δ < mean < +δ), p_tost_holm, verdict and seeds_needed:
+    n (differences), diff (their Hodges-Lehmann estimate, points) with ci_low/ci_high (its 95%
+    interval, `hodges_lehmann`), mean_diff and sd (their mean and sample standard deviation),
+    p (two-sided Wilcoxon signed-rank test of "centred on 0"), p_holm, p_tost (signed-rank TOST of
+    "within ±δ"), p_tost_holm, verdict and seeds_needed; then the paired t-test's p_t_holm,
+    p_t_tost_holm and verdict_t, by the same rule with t-tests in place of the signed-rank tests:
 
     - "worse" / "better": p_holm < alpha, diff > 0 / < 0 (a difference shown, even one inside ±δ);
     - "equivalent": otherwise, p_tost_holm < alpha;
     - "undecided": neither, or fewer than 2 differences (no test: p NaN).
 
-    seeds_needed: for an undecided comparison, `seeds_needed` planned from its diff and sd at
-    alpha / m (m: the comparisons with a test), power `power`; inf when no number of seeds
-    would decide it; NaN when decided, or with fewer than 2 differences to plan from.
-    All computed with statsmodels (`DescrStatsW`, `multipletests`, `TTestPower`).
+    A stalled seed (`STALL_ERROR`) enters as its difference, by its rank: it weighs as much as the
+    largest other difference of its sign, however large. seeds_needed: for an undecided
+    comparison, `seeds_needed` from its differences at alpha / m (m: the comparisons with a test);
+    inf when no number of seeds up to SEEDS_CAP would decide it; NaN when decided, or with fewer
+    than 2 differences. Tests: scipy.stats.wilcoxon and ttest_1samp; Holm: statsmodels.
     """
-    rows = {}
+    rows, kept = {}, {}
     for label, values in differences.items():
         d = np.asarray(values, dtype=float).ravel()
         d = d[~np.isnan(d)]
+        kept[label] = d
         n = len(d)
-        p, p_tost = _paired_p_values(d, margin) if n >= 2 else (math.nan, math.nan)
-        rows[label] = {
-            "n": n, "diff": d.mean() if n else math.nan, "sd": d.std(ddof=1) if n >= 2 else math.nan, "p": p, "p_tost": p_tost,
-        }
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "diff", "sd", "p", "p_tost"])
+        estimate, low, high = hodges_lehmann(d)
+        row = {"n": n, "diff": estimate, "ci_low": low, "ci_high": high, "mean_diff": d.mean() if n else math.nan,
+               "sd": d.std(ddof=1) if n >= 2 else math.nan, "p": math.nan, "p_tost": math.nan, "p_t": math.nan, "p_t_tost": math.nan}  # fmt: skip
+        if n >= 2:
+            (p,), (p_tost,) = signed_rank_p_values(d[None, :], margin)
+            (p_t,), (p_t_tost,) = t_p_values(d[None, :], margin)
+            row |= {"p": p, "p_tost": p_tost, "p_t": p_t, "p_t_tost": p_t_tost}
+        rows[label] = row
+    if not rows:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    table = pd.DataFrame.from_dict(rows, orient="index")
     table["n"] = table["n"].astype(int)
-    table["p_holm"] = holm(table["p"])
-    table["p_tost_holm"] = holm(table["p_tost"])
-    table["verdict"] = [
-        (WORSE if diff > 0 else BETTER) if p < alpha else EQUIVALENT if p_tost < alpha else UNDECIDED
-        for diff, p, p_tost in zip(table["diff"], table["p_holm"], table["p_tost_holm"])
-    ]
+    for prefix in ("p", "p_t"):
+        table[f"{prefix}_holm"] = holm(table[prefix])
+        table[f"{prefix}_tost_holm"] = holm(table[f"{prefix}_tost"])
+    table["verdict"] = _verdict(table["diff"], table["p_holm"], table["p_tost_holm"], alpha)
+    table["verdict_t"] = _verdict(table["mean_diff"], table["p_t_holm"], table["p_t_tost_holm"], alpha)
     family = int(table["p"].notna().sum())
     table["seeds_needed"] = [
-        seeds_needed(row.diff, row.sd, margin, row.n, alpha, power, family) if row.verdict == UNDECIDED else math.nan
-        for row in table.itertuples()
+        seeds_needed(kept[label], margin, alpha, power, family) if verdict == UNDECIDED else math.nan
+        for label, verdict in zip(table.index, table["verdict"])
     ]
     return table[VERDICT_COLUMNS]
+
+
+def _verdict(centre: pd.Series, p_holm: pd.Series, p_tost_holm: pd.Series, alpha: float) -> list[str]:
+    return [
+        (WORSE if c > 0 else BETTER) if p < alpha else EQUIVALENT if q < alpha else UNDECIDED
+        for c, p, q in zip(centre, p_holm, p_tost_holm)
+    ]
+
+
+def stall_counts(errors: pd.Series) -> int:
+    """How many of a variant's per-seed test errors (%) are stalls (at or above `STALL_ERROR`)."""
+    return int((errors.dropna() >= STALL_ERROR).sum())
+
+
+def stall_test(stalls: int, n: int, baseline_stalls: int, baseline_n: int) -> float:
+    """Two-sided p of Fisher's exact test (scipy.stats.fisher_exact) that a variant's stall rate
+    (stalls of n seeds) equals the baseline's; NaN without seeds on either side."""
+    if n == 0 or baseline_n == 0:
+        return math.nan
+    return float(stats.fisher_exact([[stalls, n - stalls], [baseline_stalls, baseline_n - baseline_stalls]]).pvalue)
 
 
 def verdict_summary(table: pd.DataFrame, margin: float, alpha: float = ALPHA) -> str:
     """One line counting the verdicts of a table with `verdict` and `seeds_needed` columns
     (`verdicts`, `variant_table`, `factor_table`; rows without a verdict, a baseline, left out),
     e.g. "Verdicts at margin ±0.1 pp, Holm-adjusted α = 0.05: 3 worse, 2 equivalent,
-    2 undecided (need 12 and 13 seeds)."."""
+    2 undecided (need 12 and 13 seeds). Paired t-test: 2 worse, 2 equivalent, 3 undecided."
+    (the t-test's count where the table has `verdict_t`)."""
     judged = table[table["verdict"] != ""]
     counts = judged["verdict"].value_counts()
     parts = [f"{counts[v]} {v}" for v in (WORSE, BETTER, EQUIVALENT, UNDECIDED) if counts.get(v, 0)]
@@ -241,11 +339,15 @@ def verdict_summary(table: pd.DataFrame, margin: float, alpha: float = ALPHA) ->
             listed = ", ".join(map(str, finite[:-1])) + " and " if len(finite) > 1 else ""
             details.append(f"need {listed}{finite[-1]} seeds")
         if (never := int(np.isinf(needed).sum())):
-            details.append(f"no number of seeds decides {never}: {'its' if never == 1 else 'their'} difference sits at the margin")
+            details.append(f"no number of seeds up to {SEEDS_CAP} decides {never}")
         if (untested := int(needed.isna().sum())):
             details.append(f"{untested} with under 2 paired seeds")
         parts[-1] += f" ({'; '.join(details)})"
-    return f"Verdicts at margin ±{margin:g} pp, Holm-adjusted α = {alpha:g}: {', '.join(parts) or 'no comparisons'}."
+    line = f"Verdicts at margin ±{margin:g} pp, Holm-adjusted α = {alpha:g}: {', '.join(parts) or 'no comparisons'}."
+    if "verdict_t" in judged and len(judged):
+        counts_t = judged["verdict_t"].value_counts()
+        line += " Paired t-test: " + ", ".join(f"{counts_t[v]} {v}" for v in (WORSE, BETTER, EQUIVALENT, UNDECIDED) if counts_t.get(v, 0)) + "."
+    return line
 
 
 def t_interval(values: typing.Sequence[float]) -> tuple[float, float]:
@@ -319,10 +421,14 @@ def variant_table(runs: pd.DataFrame, baseline: str | None = None, margin: float
 
     Columns: variant, n (seeds), mean, std (sample, NaN for n=1), ci_low/ci_high (95%
     Student-t interval of the mean, NaN for n=1), diff (mean - baseline mean), n_paired
-    (seeds shared with the baseline, 0 on its own row), then the verdict against the baseline
-    from the paired differences on those seeds (`verdicts`, the tested variants one family):
-    p (paired t-test, NaN below 2 pairs), p_holm, p_tost, p_tost_holm, verdict ("" on the
-    baseline's row), seeds_needed; best (lowest mean), baseline, margin (δ, points).
+    (seeds shared with the baseline, 0 on its own row), effect/effect_low/effect_high (the
+    Hodges-Lehmann estimate of the paired differences and its 95% interval), then the verdict
+    against the baseline from the paired differences on those seeds (`verdicts`, the tested
+    variants one family): p (signed-rank, NaN below 2 pairs), p_holm, p_tost, p_tost_holm,
+    verdict ("" on the baseline's row), seeds_needed, and the paired t-test's p_t_holm,
+    p_t_tost_holm, verdict_t; stalls (seeds at or above `STALL_ERROR`), stall_p (Fisher's exact
+    test of the variant's stall rate against the baseline's, all seeds of each) and stall_p_holm
+    (Holm over the variants); best (lowest mean), baseline, margin (δ, points).
     `baseline`: see `select_baseline`; the baseline columns stay NaN when there is none.
     `margin`: the equivalence margin in points of test error (None: `default_margin`).
     Rows: the baseline first, then variants in the order they were first run.
@@ -351,9 +457,21 @@ def variant_table(runs: pd.DataFrame, baseline: str | None = None, margin: float
     table = pd.DataFrame(rows)
     margin = default_margin(runs) if margin is None else margin
     judged = verdicts(paired, margin).reindex(table["variant"])
+    table["effect"], table["effect_low"], table["effect_high"] = (judged[c].to_numpy() for c in ("diff", "ci_low", "ci_high"))
     for column in _VERDICT_FIELDS:
         table[column] = judged[column].to_numpy()
     table["verdict"] = table["verdict"].fillna("")
+    table["verdict_t"] = table["verdict_t"].fillna("")
+    table["stalls"] = [stall_counts(errors.loc[variant]) for variant in table["variant"]]
+    if chosen is not None:
+        base = table.set_index("variant").loc[chosen]
+        table["stall_p"] = [
+            math.nan if variant == chosen else stall_test(stalls, n, int(base["stalls"]), int(base["n"]))
+            for variant, stalls, n in zip(table["variant"], table["stalls"], table["n"])
+        ]
+    else:
+        table["stall_p"] = math.nan
+    table["stall_p_holm"] = holm(table["stall_p"])
     table["best"] = table["mean"] == table["mean"].min()
     table["baseline"] = table["variant"] == chosen
     table["margin"] = margin
@@ -457,9 +575,10 @@ def factor_table(runs: pd.DataFrame, tuned: tuple[str, ...] = (), margin: float 
 
     A pair of variants that differs in exactly one factor (plus that factor's own `optim.*` /
     `loss.*` settings) and in no other scientific param is a clean comparison. Clean pairs
-    are grouped by (factor, from, to), oriented from the paper's choice; effect is the mean
-    of the per-seed differences to - from (percentage points of test error, negative = the
-    change helps), with a 95% t interval over those differences (NaN for a single one).
+    are grouped by (factor, from, to), oriented from the paper's choice; effect is the
+    Hodges-Lehmann estimate of the per-seed differences to - from (percentage points of test
+    error, negative = the change helps), with its 95% interval (`hodges_lehmann`; infinite ends
+    where too few seeds bound it); mean_effect is their mean.
     n_pairs counts variant pairs (with at least one shared seed), n the paired seeds.
 
     Pairs that differ in more than the factor (several factors, or another param) are
@@ -491,7 +610,11 @@ def factor_table(runs: pd.DataFrame, tuned: tuple[str, ...] = (), margin: float 
         groups.setdefault(("+".join(c.factors), c.change, c.flag), []).append(c.differences)
     margin = default_margin(runs) if margin is None else margin
     judged = verdicts({str(i): pd.concat(found) for i, found in enumerate(groups.values())}, margin)
-    rows = [_effect_row(*key, found) | judged.loc[str(i), _VERDICT_FIELDS].to_dict() for i, (key, found) in enumerate(groups.items())]
+    rows = [
+        _effect_row(*key, found) | judged.loc[str(i), ["ci_low", "ci_high", *_VERDICT_FIELDS]].to_dict()
+        | {"effect": judged.loc[str(i), "diff"], "mean_effect": judged.loc[str(i), "mean_diff"]}
+        for i, (key, found) in enumerate(groups.items())
+    ]
     table = pd.DataFrame(rows, columns=FACTOR_COLUMNS).assign(margin=margin)
     rank = {factor: index for index, factor in enumerate(FACTORS)}
     sort_key = table["factor"].str.split("+").str[0].map(rank) * 2 + (table["flag"] != "")
@@ -499,9 +622,4 @@ def factor_table(runs: pd.DataFrame, tuned: tuple[str, ...] = (), margin: float 
 
 
 def _effect_row(factor: str, change: str, flag: str, differences: list[pd.Series]) -> dict:
-    pooled = pd.concat(differences)
-    ci_low, ci_high = t_interval(pooled)
-    return {
-        "factor": factor, "change": change, "effect": pooled.mean(), "ci_low": ci_low, "ci_high": ci_high,
-        "n_pairs": len(differences), "n": len(pooled), "flag": flag,
-    }
+    return {"factor": factor, "change": change, "n_pairs": len(differences), "n": sum(len(d) for d in differences), "flag": flag}

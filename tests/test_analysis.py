@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import mlflow
+import numpy as np
 import nbclient
 import nbformat
 import pandas as pd
@@ -20,7 +21,7 @@ from scipy import stats
 
 from analysis.report import main, write_report
 from analysis.runs import ReportError, global_tracking_uri, load_curves, load_runs
-from analysis.stats import factor_table, holm, variant_table
+from analysis.stats import STALL_ERROR, factor_table, holm, variant_table
 from lenet5.config import PROJECT_DIR
 from lenet5.presets import preset_factors
 from lenet5.identity import flatten_config, run_name, run_tags
@@ -179,7 +180,7 @@ def test_variant_table_matches_scipy_on_the_raw_runs(study, runs):
     baseline = errors[LABELS["none"]]
     assert list(table.index) == [LABELS[d] for d in SEEDS]  # baseline first, then in run order
     assert table["baseline"].to_dict() == {label: label == LABELS["none"] for label in table.index}
-    raw_p = {}
+    raw_p, raw_t = {}, {}
     for label, values in errors.items():
         row = table.loc[label]
         assert row["n"] == len(values)
@@ -191,11 +192,14 @@ def test_variant_table_matches_scipy_on_the_raw_runs(study, runs):
                 (values.std(), values.mean() - half, values.mean() + half)
             )
         if label != LABELS["none"] and len(values) > 1:
-            raw_p[label] = stats.ttest_rel(values, baseline[values.index]).pvalue
+            paired = np.round(values - baseline[values.index], 6)
+            raw_p[label] = stats.wilcoxon(paired, method="exact").pvalue  # the rule's test, signed-rank
+            raw_t[label] = stats.ttest_rel(values, baseline[values.index]).pvalue  # the t-test kept beside it
             assert row["p"] == pytest.approx(raw_p[label], nan_ok=True) and row["n_paired"] == 2
-    (first, p_first), (second, p_second) = sorted(raw_p.items(), key=lambda item: item[1])
-    assert table.loc[first, "p_holm"] == pytest.approx(min(1, 2 * p_first))
-    assert table.loc[second, "p_holm"] == pytest.approx(max(min(1, 2 * p_first), p_second))
+    for column, raw in (("p_holm", raw_p), ("p_t_holm", raw_t)):
+        (first, p_first), (second, p_second) = sorted(raw.items(), key=lambda item: item[1])
+        assert table.loc[first, column] == pytest.approx(min(1, 2 * p_first))
+        assert table.loc[second, column] == pytest.approx(max(min(1, 2 * p_first), p_second))
     best = min(errors, key=lambda label: errors[label].mean())
     assert table.index[table["best"]].tolist() == [best]
 
@@ -237,17 +241,16 @@ def test_factor_table_isolates_clean_factors_and_flags_head_with_loss(study, run
     assert list(table.index) == ["pool", "activation", "head+loss"]
 
     pool_diffs = errors[LABELS["pool_max"]] - paper  # oriented from the paper's choice: max - subsample
-    half = stats.t.ppf(0.975, 1) * stats.sem(pool_diffs)
     pool = table.loc["pool"]
     assert (pool["change"], pool["flag"], pool["n_pairs"], pool["n"]) == ("subsample → max", "", 1, 2)
-    assert (pool["effect"], pool["ci_low"], pool["ci_high"]) == pytest.approx(
-        (pool_diffs.mean(), pool_diffs.mean() - half, pool_diffs.mean() + half)
-    )
+    # Of two differences the Hodges-Lehmann estimate is their mean, and no shift is rejected at 5 %.
+    assert (pool["effect"], pool["mean_effect"]) == pytest.approx((pool_diffs.mean(), pool_diffs.mean()))
+    assert (pool["ci_low"], pool["ci_high"]) == (-math.inf, math.inf)
 
-    activation = table.loc["activation"]  # one paired seed: an effect, no interval
+    activation = table.loc["activation"]  # one paired seed: an effect, an unbounded interval
     assert activation["change"] == "scaled_tanh → relu" and activation["n"] == 1
     assert activation["effect"] == pytest.approx(errors[LABELS["act_relu"]][0] - paper[0])
-    assert math.isnan(activation["ci_low"]) and math.isnan(activation["ci_high"])
+    assert (activation["ci_low"], activation["ci_high"]) == (-math.inf, math.inf)
 
     # Softmax + cross-entropy vs RBF + MAP is not the effect of either alone: its own flagged
     # row, never a "head" or "loss" row; pool_max vs head_softmax_ce (three changes) is not shown.
@@ -314,8 +317,8 @@ def test_factor_table_along_the_paper_to_modern_path(study):
 def test_a_single_variant_has_no_factor_rows(runs):
     table = factor_table(runs[runs["delta"] == "none"])
     assert table.empty and list(table.columns) == [
-        "factor", "change", "effect", "ci_low", "ci_high", "n_pairs", "n",
-        "p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed", "flag", "margin",
+        "factor", "change", "effect", "ci_low", "ci_high", "mean_effect", "n_pairs", "n",
+        "p", "p_holm", "p_tost", "p_tost_holm", "verdict", "seeds_needed", "p_t_holm", "p_t_tost_holm", "verdict_t", "flag", "margin",
     ]  # fmt: skip
 
 
@@ -345,15 +348,18 @@ def test_report_cli_writes_every_file_and_prints_the_table(study, runs, tmp_path
     assert written[-3].startswith("Verdicts at margin ±0.1 pp, Holm-adjusted α = 0.05: ") and written[-3] in done.stdout
     header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table_lines]
     assert header == [
-        "variant", "n", "test error % (mean ± std)", "95% CI", "Δ vs baseline (pp)",
-        "p (Holm)", "p TOST (Holm)", "verdict", "seeds needed",
+        "variant", "n", "test error % (mean ± std)", "95% CI", "Δ vs baseline (pp, HL)", "Δ 95% CI",
+        "p (Holm)", "p TOST (Holm)", "verdict", "seeds needed", "stalls", "stall p (Holm)", "t-test verdict",
     ]  # fmt: skip
     shown = {row[0].removesuffix(" ★"): row for row in rows}
     assert {label: int(row[1]) for label, row in shown.items()} == {LABELS[d]: len(s) for d, s in SEEDS.items()}
     assert sum(row[0].endswith("★") for row in rows) == 1
     assert shown[LABELS["none"]][4] == "baseline" and shown[LABELS["act_relu"]][3] == ""
-    assert shown[LABELS["none"]][7] == "" and shown[LABELS["act_relu"]][7] == "undecided"  # one seed: no test, no plan
-    assert {row[7] for row in rows} <= {"", "worse", "better", "equivalent", "undecided"}
+    assert shown[LABELS["none"]][8] == "" and shown[LABELS["act_relu"]][8] == "undecided"  # one seed: no test, no plan
+    assert {row[8] for row in rows} <= {"", "worse", "better", "equivalent", "undecided"}
+    stalled = runs.groupby("variant")["test_error"].agg(lambda e: f"{(e >= STALL_ERROR).sum()}/{len(e)}")
+    assert {label: row[10] for label, row in shown.items()} == stalled.to_dict()
+    assert shown[LABELS["none"]][11] == ""  # the baseline is what the others' stall rates are compared with
     means = variant_table(runs, BASELINE).set_index("variant")["mean"]
     assert shown[LABELS["pool_max"]][2].startswith(f"{means[LABELS['pool_max']]:.2f} ± ")
     assert str(out.resolve()) in done.stdout.splitlines()[-1]
