@@ -256,6 +256,7 @@ def write_tables(
         factors_display(factors), factors, None, f"Effect of each factor on test error, {scope}. {summary} {note}",
         out / "factors", f"{summary}\n{note}",
     )  # fmt: skip
+    files |= write_factorial(runs, out, margin)
     runs.to_csv(out / "runs.csv", index=False)
     files["runs.csv"] = out / "runs.csv"
     figures = {"variants.png": lambda: plots.variants_figure(variants), "factors.png": lambda: plots.factors_figure(factors)}
@@ -264,6 +265,64 @@ def write_tables(
         figures["learning_curves.png"] = lambda: plots.learning_curves_figure(curves, runs)
     for name, figure in figures.items():
         files[name] = plots.save(figure(), out / name)
+    return files
+
+
+def _contrast_display(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "contrast": table["contrast"],
+            "n": table["n"],
+            "estimate (pp, HL)": [_number(e, signed=True) for e in table["estimate"]],
+            CI_HEADER: [_interval(low, high, signed=True) for low, high in zip(table["ci_low"], table["ci_high"])],
+            **_verdict_columns(table),
+            **_t_verdicts(table),
+        }
+    )
+
+
+def write_factorial(runs: pd.DataFrame, out: Path, margin: float) -> dict[str, Path]:
+    """factorial.md (and factorial_{main,interactions,simple,anova,cells}.csv, factorial.png) when
+    the variants of `runs` form a factorial (`analysis.factorial`): the cells, the main effects,
+    the interactions and the simple effects with their verdicts, and the least-squares ANOVA; an
+    incomplete factorial's factorial.md says what is missing. Nothing for a study that is no factorial."""
+    from . import factorial
+
+    design = factorial.factorial_design(runs)
+    if design is None:
+        return {}
+    path = out / "factorial.md"
+    if not design.complete:
+        path.write_text(design.describe_missing() + "\n", encoding="utf-8")
+        return {path.name: path}
+    cells = factorial.cell_table(runs, design)
+    tables = factorial.contrasts(runs, design, margin)
+    anova = factorial.anova(runs, design)
+    files = {}
+    for name, frame in {**tables, "anova": anova, "cells": cells}.items():
+        files[f"factorial_{name}.csv"] = out / f"factorial_{name}.csv"
+        frame.to_csv(files[f"factorial_{name}.csv"], index=False)
+    cells_shown = cells.assign(
+        **{"test error % (mean)": [_number(m) for m in cells["mean"]],
+           CI_HEADER: [_interval(low, high) for low, high in zip(cells["ci_low"], cells["ci_high"])]}
+    ).drop(columns=["mean", "ci_low", "ci_high"])  # fmt: skip
+    anova_shown = anova.assign(**{c: [f"{v:#.3g}" if pd.notna(v) else "" for v in anova[c]] for c in anova.columns if c != "term"})
+    seeds = design.balanced_seeds
+    sections = [
+        f"# Factorial: {' × '.join(design.factors)}",
+        f"{len(design.cells)} cells, seeds {', '.join(map(str, seeds))} in every cell (the balanced set: seeds a cell has "
+        "beyond it are counted in the cells' table, not analysed). Each contrast is a per-seed number, decided by the "
+        "signed-rank rule (docs/studies.md#verdicts); estimate: Hodges-Lehmann, with its 95% interval.",
+        factorial.summary(tables),
+        "## Cells", markdown_table(cells_shown),
+        "## Main effects", markdown_table(_contrast_display(tables["main"])),
+        f"## Interactions (margin ±{factorial.INTERACTION_MARGIN_FACTOR * margin:g} pp)", markdown_table(_contrast_display(tables["interactions"])),
+        "## Simple effects", markdown_table(_contrast_display(tables["simple"])),
+        "## Least-squares ANOVA (test error ~ factors, all interactions, seed as a block)", markdown_table(anova_shown),
+    ]  # fmt: skip
+    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    files[path.name] = path
+    files["factorial.png"] = plots.save(factorial.factorial_figure(cells, design), out / "factorial.png")
     return files
 
 

@@ -602,6 +602,8 @@ class Study:
         def errors_of(label: str) -> dict[int, float]:
             return {int(job.run.data.params["seed"]): job.run.data.metrics["test_error"] for job in pilot[label]}
 
+        if (factorial := self.factorial_plan(pilot, min_seeds, max_seeds)) is not None:
+            return factorial if len(factorial) else None
         base = errors_of(baseline)
         differences = {}
         for label in pilot:
@@ -627,6 +629,37 @@ class Study:
                 "seeds": final_seeds(pilot_seeds, n),
             })  # fmt: skip
         return pd.DataFrame(rows)
+
+    def factorial_plan(self, pilot: dict[str, list[Job]], min_seeds: int, max_seeds: int) -> Any:
+        """When the variants are the cells of a factorial (analysis.factorial), its plan: every
+        cell the same seeds, as many as its undecided main effects and two-way interactions need
+        (analysis.factorial.planned_seeds), printed with those contrasts; an empty frame (with an
+        error recorded) while some cell's pilot is missing; None for a study that is no factorial."""
+        import pandas as pd
+
+        from analysis.factorial import factorial_design, planned_seeds
+        from analysis.runs import FACTORS
+
+        rows = [
+            {"variant": label, "seed": int(job.run.data.params["seed"]), "test_error": job.run.data.metrics["test_error"],
+             **{f: job.run.data.tags.get(f"ablation.{f}") for f in FACTORS}}
+            for label, jobs in pilot.items() for job in jobs
+        ]  # fmt: skip
+        frame = pd.DataFrame(rows)
+        if frame.empty or factorial_design(frame) is None:
+            return None
+        try:
+            n, contrasts = planned_seeds(frame, self.margin(), min_seeds, max_seeds)
+        except ValueError as err:
+            self.errors["plan"] = f"{err} Run the command again once every cell's pilot has finished."
+            return pd.DataFrame()
+        print(f"study {self.study_id}: the factorial's plan from its pilot: {n} seeds in every cell", flush=True)
+        print(contrasts.to_string(index=False), flush=True)
+        seeds = final_seeds(list(self.cfg.final.seeds), n)
+        return pd.DataFrame(
+            [{"variant": label, "pilot n": len(self.cfg.final.seeds), "diff (pp)": "", "verdict": "factorial",
+              "seeds needed": str(n), "seeds": seeds} for label in pilot]
+        )  # fmt: skip
 
     def plan_only(self) -> int:
         """study.plan=true: from the runs already in the store, print each comparison's verdict
