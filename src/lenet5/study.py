@@ -693,6 +693,9 @@ class Study:
         if "study.md" in files:
             print(files["study.md"].read_text(encoding="utf-8"))
         print(f"study {self.study_id}: report in {out.resolve()} and on parent run {self.parent_run_id}")
+        # The MLflow UI cuts the study id off its parent's name: the filter of the README's recipe, whole.
+        print(f"study {self.study_id}: its finals in the MLflow UI (README.md, The MLflow UI): "
+              f"tags.stage = 'final' and tags.`study.member.{self.study_id}` = 'true'")
 
 
 def _param(key: str, value: str):
