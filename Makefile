@@ -34,7 +34,7 @@ report: $(STAMP)
 
 ## Browse every run in the local store
 ui: $(STAMP)
-	@echo "open http://127.0.0.1:5000/#/?workflowType=machine_learning (MLflow's model-training view)"
+	@echo "open http://127.0.0.1:5000 and click Model training at the top left before an experiment (README.md, The MLflow UI)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 clean-venv:

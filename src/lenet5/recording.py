@@ -70,12 +70,18 @@ def log_distortions(run: TrackedRun, datamodule: MNISTDataModule, rows: int = 6)
     plt.close(figure)
 
 
-def log_network(run: TrackedRun, module: LeNet5Module, datamodule: MNISTDataModule) -> None:
+#: Metrics a run logs once, at step 0, before training (record_setup).
+SIZE_METRICS = ("model_trainable_params", "model_connections")
+
+
+def log_network(run: TrackedRun, module: LeNet5Module, datamodule: MNISTDataModule, passes: int) -> None:
     """The trained network as the run's MLflow model, on the CPU (loadable without a GPU),
-    with the first test image, preprocessed, as its input example ((1, 1, S, S) float32)."""
+    with the first test image, preprocessed, as its input example ((1, 1, S, S) float32).
+    The model is logged at step `passes`, so the metrics of its last pass (test_error,
+    val_error, train_error, train_loss, ...) are linked to it, and its size metrics too."""
     network = copy.deepcopy(module.model).cpu().eval()
     example = datamodule.splits["test" if "test" in datamodule.splits else "val"][0][:1].cpu().numpy()
-    run.log_model(network, example)
+    run.log_model(network, example, step=passes, link=SIZE_METRICS)
 
 
 def record_setup(run: TrackedRun, cfg: Any, datamodule: MNISTDataModule, counts) -> None:
@@ -86,8 +92,8 @@ def record_setup(run: TrackedRun, cfg: Any, datamodule: MNISTDataModule, counts)
     run.log_text(counts.to_csv(index=False), "model_layers.csv")
     run.log_text(counts.to_markdown(index=False), "model_layers.md")
     total = counts.iloc[-1]
-    run.log_metric("model_trainable_params", total.trainable_params)
-    run.log_metric("model_connections", total.connections)
+    run.log_metric(SIZE_METRICS[0], total.trainable_params)
+    run.log_metric(SIZE_METRICS[1], total.connections)
 
 
 def record_outcome(run: TrackedRun, cfg: Any, module: LeNet5Module, datamodule: MNISTDataModule) -> float:
@@ -96,7 +102,7 @@ def record_outcome(run: TrackedRun, cfg: Any, module: LeNet5Module, datamodule: 
     test_error = log_test_artifacts(run, cfg, module, datamodule) if cfg.data.test else float("nan")
     if cfg.data.augment == Augment.paper:
         log_distortions(run, datamodule)
-    log_network(run, module, datamodule)
+    log_network(run, module, datamodule, cfg.trainer.max_epochs)
     return test_error
 
 

@@ -24,8 +24,8 @@ Three pieces:
   new run starts.
 
 Checkpoints alternate between two artifact slots (`checkpoints/slot0.pt`, `slot1.pt`) so a
-kill during an upload never damages the one the tags point at; both are deleted once the
-run is FINISHED (the trained network stays as the run's MLflow model).
+kill during an upload never damages the one the tags point at; both, and the tag, are deleted
+once the run is FINISHED (the trained network stays as the run's MLflow model).
 """
 
 from __future__ import annotations
@@ -232,14 +232,19 @@ def load_checkpoint(client: MlflowClient, run) -> checkpoint.Checkpoint:
 
 
 def delete_checkpoints(client: MlflowClient, run_id: str) -> None:
-    """Remove the run's checkpoint slots (called once it is FINISHED); a store whose
-    artifact repository cannot delete keeps them, which costs space, not correctness."""
+    """Remove the run's checkpoint slots and the `resume.checkpoint` tag that names one
+    (called once it is FINISHED, so its tags name no file that is gone; `resume.pass` stays,
+    the passes it committed). A store whose artifact repository cannot delete keeps both,
+    which costs space, not correctness."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     try:
-        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(CHECKPOINT_DIR)
+        run = client.get_run(run_id)
+        get_artifact_repository(run.info.artifact_uri).delete_artifacts(CHECKPOINT_DIR)
     except Exception:
-        pass
+        return
+    if CHECKPOINT_TAG in run.data.tags:
+        client.delete_tag(run_id, CHECKPOINT_TAG)
 
 
 def commit_pass(client: MlflowClient, run_id: str, logger, completed: int, state: Callable[[], checkpoint.Checkpoint]) -> None:

@@ -363,6 +363,19 @@ class Study:
                     if job.run.data.tags.get(key) != value:
                         self.client.set_tag(job.run.info.run_id, key, value)
 
+    def tag_parents(self, jobs: list[Job], variant: Variant) -> None:
+        """Give the stage parents that hold `jobs` (`tune paper`, `final paper`, ...) the
+        variant's `study.variant` tag too. The MLflow UI lists a matched run's parent beside
+        it; tagged, grouping by `study.variant` puts the parent in its variant's group rather
+        than in a group of its own (docs/studies.md#comparing-a-studys-variants-in-the-mlflow-ui).
+        Only stage parents (tag `stage`, one variant each) are tagged: a plain sweep's parent,
+        whose runs a study may reuse, can hold several variants."""
+        parents = {job.run.data.tags.get("mlflow.parentRunId") for job in jobs if job.run is not None} - {None, self.parent_run_id}
+        for parent in sorted(parents):
+            tags = self.client.get_run(parent).data.tags
+            if "stage" in tags and tags.get("study.variant") != variant.label:
+                self.client.set_tag(parent, "study.variant", variant.label)
+
     # --- stages ------------------------------------------------------------------------
 
     def launch(self, stage: str, index: int, variant: Variant, fixed: list[str], lrs: list[float], seeds: list[int]) -> None:
@@ -437,6 +450,7 @@ class Study:
         for name, round_jobs in rounds.items():
             tags = {"stage": "tune", "tune.id": tuning_id, "tune.round": name, "study.variant": variant.label}
             self.tag_runs(list(round_jobs.values()), tags)
+        self.tag_parents(jobs, variant)
         return self.trial_rows(variant, rounds, tuning_id)
 
     def trial_rows(self, variant: Variant, rounds: dict[str, dict[tuple[float, int], Job]], tuning_id: str = "") -> list[dict]:
@@ -478,6 +492,7 @@ class Study:
             "tune.at_edge": selected["at_edge"] or "no", f"study.member.{self.study_id}": "true",
             "study.variant": variant.label,
         })  # fmt: skip
+        self.tag_parents(done, variant)
         return done
 
     # --- the whole study ---------------------------------------------------------------
@@ -711,6 +726,9 @@ class Study:
         if "study.md" in files:
             print(files["study.md"].read_text(encoding="utf-8"))
         print(f"study {self.study_id}: report in {out.resolve()} and on parent run {self.parent_run_id}")
+        # The MLflow UI cuts the study id off its parent's name: the filter of the README's recipe, whole.
+        print(f"study {self.study_id}: its finals in the MLflow UI (README.md, The MLflow UI): "
+              f"tags.stage = 'final' and tags.`study.member.{self.study_id}` = 'true'")
 
 
 def _param(key: str, value: str):

@@ -147,11 +147,14 @@ class TrackedRun:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
-    def log_model(self, model, input_example, name: str = "model") -> None:
-        """Log a torch network as an MLflow model of this run (`runs:/<run id>/model`).
+    def log_model(self, model, input_example, step: int = 0, link: tuple[str, ...] = (), name: str = "model") -> str:
+        """Log a torch network as an MLflow model of this run (`runs:/<run id>/model`); returns
+        its model id.
 
         `input_example` is a numpy batch, e.g. (1, 1, 32, 32) float32; MLflow derives the
-        signature from it. This run is not MLflow's fluent active run, so the LoggedModel is
+        signature from it. MLflow links the run's metrics logged at `step` (the pass that made
+        the network) to the model; `link` names metrics logged at other steps to link too, each
+        by its last value (`link_metrics`). This run is not MLflow's fluent active run, so the LoggedModel is
         created here in the run's experiment (mlflow.pytorch.log_model alone would put it in
         the process's current experiment, "Default"), and the tracking URI that log_model
         reads from the process is set for the call and restored.
@@ -171,13 +174,25 @@ class TrackedRun:
         # would leave it set (and exported as MLFLOW_TRACKING_URI to every later subprocess).
         with global_tracking_uri(self.tracking_uri):
             mlflow.pytorch.log_model(
-                model, name=name, input_example=input_example, run_id=self.run_id, model_id=logged.model_id,
+                model, name=name, input_example=input_example, run_id=self.run_id, model_id=logged.model_id, step=step,
                 # MLflow 3's default ("pt2", torch.export) loads back a traced graph without the
                 # network's layers and methods (predict, C1 ... F6), which the suite reads.
                 serialization_format="pickle",
                 # Stated rather than inferred: inference loads the model in a subprocess (seconds).
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )  # fmt: skip
+        self.link_metrics(logged.model_id, link)
+        return logged.model_id
+
+    def link_metrics(self, model_id: str, keys: tuple[str, ...]) -> None:
+        """Link the last value of each metric in `keys` to the logged model `model_id`, as
+        log_model links the metrics of its step: the same point (value, step, timestamp) logged
+        again with the model's id, which the run's history keeps once."""
+        for key in keys:
+            history = self.client.get_metric_history(self.run_id, key)
+            if history:
+                last = max(history, key=lambda m: (m.step, m.timestamp))
+                self.client.log_metric(self.run_id, key, last.value, timestamp=last.timestamp, step=last.step, model_id=model_id)
 
 
 def open_run(cfg: Any, name: str, extra_tags: dict[str, str] | None = None, claim=None, resume: bool | None = None) -> TrackedRun:
