@@ -4,9 +4,18 @@ whole vmapped forward-and-gradient step of the K models.
 
 `auto` (default) compiles on a CUDA GPU with mode "reduce-overhead" (Inductor kernels replayed
 as CUDA graphs: LeNet-5's kernels are tiny, so at small batches a step is mostly launch
-overhead, which the graphs remove) and not on a CPU, where the launch overhead is small
-and the first compilation costs tens of seconds. `true` compiles on any device ("default"
+overhead, which the graphs remove) and not on a CPU. `true` compiles on any device ("default"
 mode on a CPU, which has no CUDA graphs); `false` never does.
+
+Why not on a CPU, as measured (docs/performance.md#compiling-a-single-run-on-a-cpu): a single
+run compiles the network's forward and backward only, and on a CPU thread Inductor's code for
+them is no faster than eager at a batch of 4 (`paper`: 0.93x to 1.10x the time, within the
+noise) and 1.5x slower at a batch of 64 (`modern`), with `trainer.deterministic` on or off
+alike (benchmarks/compile_step.py). SDLM's per-batch curvature pass, half of a `paper`
+step, stays eager in a single run. No run is long enough to repay a compile that gains nothing,
+so `auto` never compiles a single run on a CPU. Where compiling does pay on a CPU is a stack,
+whose whole vmapped step and per-batch curvature pass are compiled (1.7x to 1.9x); the studies
+ask for it with `true`.
 
 Compiling can fail where eager training works (no C++ compiler for Inductor's CPU kernels,
 an operator Dynamo cannot trace): then the run says so in one line and trains eagerly.

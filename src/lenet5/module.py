@@ -15,16 +15,68 @@ from typing import Any
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from . import checkpoint
 from .callbacks import SDLMCurvature
 from .compile import CompiledOrEager, compile_mode, compile_setting
 from .config import Config
 from .losses import check_loss_finite, make_loss, reduce_loss
-from .model.lenet5 import CLASSES, LeNet5
+from .model.lenet5 import LeNet5
 from .optim import make_optimizer, make_schedule
+
+
+class MeanOfBatches:
+    """The mean of the batch means added (a 0-dim float32 tensor), without a host read per step.
+
+    The same float32 arithmetic as torchmetrics' MeanMetric(nan_strategy="disable"), which the
+    module used before (its numbers are pinned, tests/test_numerics.py): each add sums into one
+    float32 tensor, the mean divides by the batches as a float32 tensor. At a batch of 4 the
+    metric object's Python cost per update was several times that of the two tensor ops here.
+    """
+
+    def __init__(self):
+        self.total: torch.Tensor | None = None
+        self.batches = 0
+
+    def add(self, batch_mean: torch.Tensor) -> None:
+        if self.total is None:
+            self.total = torch.zeros((), dtype=batch_mean.dtype, device=batch_mean.device)
+        self.total.add_(batch_mean)
+        self.batches += 1
+
+    def compute(self) -> torch.Tensor:
+        total = self.total if self.total is not None else torch.zeros(())
+        return total / torch.tensor(float(self.batches), dtype=total.dtype, device=total.device)
+
+    def reset(self) -> None:
+        self.total, self.batches = None, 0
+
+
+class Accuracy:
+    """The share of correct predictions added (0-dim float32 tensor), without a host read per
+    step: the correct count sums on the device, the pattern count is a Python int (shapes only).
+
+    The same arithmetic as torchmetrics' micro MulticlassAccuracy, which the module used before:
+    the correct count (int64) over all patterns, both cast to float32 and divided.
+    """
+
+    def __init__(self):
+        self.correct: torch.Tensor | None = None
+        self.patterns = 0
+
+    def add(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        """`predictions` and `labels`: class indices (B,)."""
+        hits = (predictions == labels).sum()
+        self.correct = hits if self.correct is None else self.correct.add_(hits)
+        self.patterns += labels.numel()
+
+    def compute(self) -> torch.Tensor:
+        if self.correct is None:
+            return torch.zeros(())  # no pattern: 0, as torchmetrics' safe division gives
+        return self.correct.float() / torch.tensor(self.patterns, dtype=torch.long, device=self.correct.device).float()
+
+    def reset(self) -> None:
+        self.correct, self.patterns = None, 0
 
 
 class LeNet5Module(L.LightningModule):
@@ -37,14 +89,11 @@ class LeNet5Module(L.LightningModule):
         self.model = LeNet5(config.model, input_size)
         self.loss_fn = make_loss(config.loss, self.model.head_kind)
         self.eval_split_names = eval_split_names
-        # Neither metric synchronises with the host per step: nan_strategy="disable" skips the
-        # NaN scan (a NaN must surface, not be dropped; on_train_epoch_end checks once per epoch),
-        # validate_args=False skips the label checks, and "micro" accuracy is two sums.
-        self.train_loss = MeanMetric(nan_strategy="disable")
-        self.train_accuracy = MulticlassAccuracy(CLASSES, average="micro", validate_args=False)
-        self.eval_accuracy = torch.nn.ModuleDict(
-            {name: MulticlassAccuracy(CLASSES, average="micro", validate_args=False) for name in eval_split_names}
-        )
+        # Neither tally synchronises with the host per step, and a NaN loss is kept, not
+        # dropped: on_train_epoch_end checks the pass's mean once.
+        self.train_loss = MeanOfBatches()
+        self.train_accuracy = Accuracy()
+        self.eval_accuracy = {name: Accuracy() for name in eval_split_names}
         self.train_forward: CompiledOrEager | None = None  # set once the device is known
         self.first_pass, self.first_steps = 0, 0
         self.resumed: checkpoint.Checkpoint | None = None  # the checkpoint being continued, until its optimizer state is in
@@ -108,12 +157,14 @@ class LeNet5Module(L.LightningModule):
         out = (self.train_forward or self.model)(images)
         per_sample = self.loss_fn(out, labels)
         loss = reduce_loss(per_sample, self.config.loss.reduction)
-        # No weight: with nan_strategy="disable" torchmetrics (1.9) replaces any weight by 1, so
-        # train_loss has always been the mean of the batch means; passing len(labels) only
-        # cost a host-to-device copy of that number every step.
-        self.train_loss.update(per_sample.detach().mean())
-        self.train_accuracy.update(self.model.predict(out.detach()), labels)
+        self.tally(per_sample, out, labels)
         return loss
+
+    def tally(self, per_sample: torch.Tensor, out: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a training batch to the pass's train_loss (the mean of the batch means: each batch
+        counts once, whatever its size, as it always has) and train_error."""
+        self.train_loss.add(per_sample.detach().mean())
+        self.train_accuracy.add(self.model.predict(out.detach()), labels)
 
     def on_train_epoch_start(self) -> None:
         # Lightning steps epoch-interval schedulers after the epoch's last batch, before
@@ -132,7 +183,7 @@ class LeNet5Module(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         images, labels = batch
-        self.eval_accuracy[self.eval_split_names[dataloader_idx]].update(self.model.predict(self.model(images)), labels)
+        self.eval_accuracy[self.eval_split_names[dataloader_idx]].add(self.model.predict(self.model(images)), labels)
 
     def on_validation_epoch_end(self) -> None:
         for name, accuracy in self.eval_accuracy.items():

@@ -189,8 +189,7 @@ class StackedTraining:
                 member.patterns_since_estimate += size
         grads, (_, (per_sample, out)) = self.gradients(self.params, images, labels)
         self.optimizer.step(self.params, grads, lrs)
-        # Each batch's mean counts once, whatever its size: module.py's MeanMetric with
-        # nan_strategy="disable" drops the weight it is given (torchmetrics 1.9 sets it to 1).
+        # Each batch's mean counts once, whatever its size, as in module.py's MeanOfBatches.
         totals.loss_sum += per_sample.mean(1)
         totals.correct += (self._predict(out) == labels).sum(1)
         totals.batches += 1

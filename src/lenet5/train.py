@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from .callbacks import EpochThroughput, SDLMCurvature
 from .config import OptimName
@@ -20,6 +21,12 @@ from .tracking import TrackedRun, tracked_run
 # Metrics are logged per epoch (module.py), so Lightning's per-step logging interval is moot.
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
+#: Batches between two redraws of the progress bar. Lightning's default, 1, redraws it after
+#: every batch, and each redraw gathers the logged metrics for its postfix: at a batch of 4
+#: that was about 6 % of a step (docs/performance.md#a-single-runs-step). Every 20th batch
+#: (and the last) still moves the bar several times a second.
+PROGRESS_BAR_REFRESH = 20
+
 
 def make_trainer(module: LeNet5Module, logger, checkpoint: PassCheckpoint | None = None) -> L.Trainer:
     """The trainer for `module`'s passes after its `first_pass` (those a continued run has
@@ -31,6 +38,8 @@ def make_trainer(module: LeNet5Module, logger, checkpoint: PassCheckpoint | None
     if config.optim.name == OptimName.sdlm:
         optim = config.optim
         callbacks.append(SDLMCurvature(optim.curvature_samples, config.seed, optim.curvature_every, optim.curvature_gamma))
+    if config.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH))
     return L.Trainer(
         max_epochs=config.trainer.max_epochs - module.first_pass,
         accelerator=config.trainer.accelerator,
