@@ -24,7 +24,8 @@ their interactions and the seed as a block (statsmodels' `ols` and `anova_lm`).
 Only the seeds every cell has (the balanced set) enter; a study that covers at least half of its
 grid's cells but not all, or whose cells share fewer than 2 seeds, is an incomplete factorial and
 says what is missing instead. A study whose variants cover less than half of the grid their
-varying factors span (one factor at a time, a path) is no factorial: `factorial_design` gives None.
+varying factors span (a path), or that never changes two factors together (one factor at a time),
+is no factorial: `factorial_design` gives None.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def _one_to_one(runs: pd.DataFrame, a: str, b: str) -> bool:
 def factorial_design(runs: pd.DataFrame) -> Design | None:
     """The grid `runs`' variants form, or None when they form none: the factors whose choice
     varies between variants (a factor that only follows another, as the loss follows the head,
-    belongs to it), at least 2 of them, and the variants covering at least half of the grid's
-    cells, each variant one cell."""
+    belongs to it), at least 2 of them, the variants covering at least half of the grid's cells,
+    each variant one cell, and at least one cell changing two factors from the paper's choices
+    (so that one factor at a time, which never does, is no factorial)."""
     variants = runs.drop_duplicates("variant").set_index("variant")
     varying = [f for f in FACTORS if f in variants and variants[f].astype(str).nunique() > 1]
     factors = [f for i, f in enumerate(varying) if not any(_one_to_one(variants, g, f) for g in varying[:i])]
@@ -115,7 +117,9 @@ def factorial_design(runs: pd.DataFrame) -> Design | None:
             return None  # two variants in one cell: they differ in something else, no grid of these factors
         cells[cell] = str(label)
     design = Design(factors, levels, cells, {v: sorted(runs.loc[runs["variant"] == v, "seed"].astype(int).unique()) for v in cells.values()})
-    return design if 2 * len(cells) >= len(design.grid) else None
+    # One factor at a time covers 3 of a 2 x 2 grid's cells, but never crosses two changes.
+    crossed = any(sum(value != levels[f][0] for f, value in zip(factors, cell)) >= 2 for cell in cells)
+    return design if crossed and 2 * len(cells) >= len(design.grid) else None
 
 
 def cell_errors(runs: pd.DataFrame, design: Design) -> np.ndarray:

@@ -125,3 +125,13 @@ def test_the_pilot_plans_one_number_of_seeds_for_every_cell_from_its_main_effect
     assert n == int(min(max(planned["seeds_needed"].max(), 6), 16)) and 6 <= n <= 16
     with pytest.raises(ValueError, match="Incomplete factorial"):
         planned_seeds(synthetic_factorial(seeds=3, drop=[("max", "relu", "rbf")]), MARGIN, 6, 16)
+
+
+def test_one_factor_at_a_time_over_binary_factors_is_no_factorial():
+    """paper, pool=max, act=relu and head=softmax cover half of their 2 x 2 x 2 grid, but no cell
+    crosses two changes: no factorial, so the report stays as it was."""
+    runs = synthetic_factorial(seeds=3)
+    ofat = runs[((runs["pool"] == "max").astype(int) + (runs["activation"] != "scaled_tanh").astype(int)
+                 + (runs["head"] == "softmax").astype(int)) <= 1]
+    ofat = ofat[ofat["activation"].isin(["scaled_tanh", "relu"])]
+    assert ofat["variant"].nunique() == 4 and factorial_design(ofat) is None
