@@ -159,6 +159,13 @@ def t_p_values(differences: np.ndarray, margin: float) -> tuple[np.ndarray, np.n
     return np.asarray(p, dtype=float), np.asarray(p_tost, dtype=float)
 
 
+def walsh_median(differences: np.ndarray) -> np.ndarray:
+    """The Hodges-Lehmann estimate along the last axis: the median of the n(n+1)/2 Walsh averages
+    (d_i + d_j) / 2, i <= j (points of test error, like `differences`)."""
+    i, j = np.triu_indices(differences.shape[-1])
+    return np.median((differences[..., i] + differences[..., j]) / 2, axis=-1)
+
+
 def hodges_lehmann(differences: typing.Sequence[float] | np.ndarray) -> tuple[float, float, float]:
     """(estimate, low, high): the Hodges-Lehmann estimate of the centre of the paired differences
     (the median of the n(n+1)/2 Walsh averages (d_i + d_j) / 2, i <= j; points of test error) and
@@ -171,7 +178,7 @@ def hodges_lehmann(differences: typing.Sequence[float] | np.ndarray) -> tuple[fl
         return math.nan, math.nan, math.nan
     i, j = np.triu_indices(len(d))
     walsh = np.unique(np.round((d[i] + d[j]) / 2, DIFFERENCE_DECIMALS + 1))
-    estimate = float(np.median((d[i] + d[j]) / 2))
+    estimate = float(walsh_median(d))
     if len(d) < 2 or len(walsh) < 2:
         return estimate, (-math.inf if len(d) < 2 else estimate), (math.inf if len(d) < 2 else estimate)
     shifts = np.concatenate(([walsh[0] - 1], (walsh[:-1] + walsh[1:]) / 2, [walsh[-1] + 1]))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .stats import ALPHA, BETTER, CHANCE_ERROR, EQUIVALENT, WORSE, holm, signed_rank_p_values, t_p_values
+from .stats import ALPHA, BETTER, CHANCE_ERROR, EQUIVALENT, WORSE, holm, signed_rank_p_values, t_p_values, walsh_median
 
 MARGIN = 0.1  # MNIST's δ, points
 BASELINE_ERROR, BASELINE_SD = 1.0, 0.05
@@ -87,10 +87,7 @@ def synthetic_differences(scenario: Scenario, studies: int, rng: np.random.Gener
 
 def _centres(differences: np.ndarray, rule: str) -> np.ndarray:
     """Each comparison's estimate along the last axis: Hodges-Lehmann (signed-rank) or mean (t)."""
-    if rule == "t-test":
-        return differences.mean(axis=-1)
-    i, j = np.triu_indices(differences.shape[-1])
-    return np.median((differences[..., i] + differences[..., j]) / 2, axis=-1)
+    return differences.mean(axis=-1) if rule == "t-test" else walsh_median(differences)
 
 
 def decide(differences: np.ndarray, rule: str, margin: float = MARGIN, alpha: float = ALPHA) -> np.ndarray:
